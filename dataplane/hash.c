@@ -1,0 +1,55 @@
+/*
+ * Block hashing: local hashes straight from the caller's token array (no copy, no allocation)
+ * and the sequence-hash chain. See hash.h for the scheme.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "hash.h"
+
+uint64_t dp_hash_seed(const char *lora, size_t lora_len, const char *salt, size_t salt_len)
+{
+	uint64_t seed = DP_HASH_SEED;
+
+	/* Unsigned additions wrap, as the scheme requires. */
+	if (lora && lora_len)
+		seed += XXH3_64bits_withSeed(lora, lora_len, 0);
+	if (salt && salt_len)
+		seed += XXH3_64bits_withSeed(salt, salt_len, 1);
+	return seed;
+}
+
+static inline uint64_t hash_block(const uint32_t *tokens, uint32_t block_size, uint64_t seed)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return XXH3_64bits_withSeed(tokens, (size_t)block_size * sizeof(uint32_t), seed);
+#else
+	uint32_t le[DP_HASH_MAX_BLOCK];
+
+	for (uint32_t i = 0; i < block_size; i++)
+		le[i] = __builtin_bswap32(tokens[i]);
+	return XXH3_64bits_withSeed(le, (size_t)block_size * sizeof(uint32_t), seed);
+#endif
+}
+
+long dp_hash_blocks(const uint32_t *tokens, size_t ntokens, uint32_t block_size, uint64_t seed,
+		    uint64_t *local)
+{
+	if (block_size == 0 || block_size > DP_HASH_MAX_BLOCK || (block_size & (block_size - 1)))
+		return -EINVAL;
+
+	size_t n = ntokens / block_size;
+
+	for (size_t i = 0; i < n; i++)
+		local[i] = hash_block(tokens + i * block_size, block_size, seed);
+	return (long)n;
+}
+
+void dp_hash_sequence(const uint64_t *local, size_t n, uint64_t *seq)
+{
+	if (n == 0)
+		return;
+	seq[0] = local[0];
+	for (size_t i = 1; i < n; i++)
+		seq[i] = dp_hash_chain(seq[i - 1], local[i]);
+}
