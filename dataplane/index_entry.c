@@ -1,0 +1,231 @@
+/*
+ * Entry slots of the prefix index: chunks of slots that never move, allocation that places a
+ * child right after its parent when it can (so readers walk instead of probe, see PDX_CONT in
+ * index_pvt.h), and the release of entries no target holds any more. Writer only.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index.h"
+
+/* A chunk is worth continuing in while at least this many of its slots are free. */
+#define CHUNK_ROOMY (PDX_CHUNK_SLOTS / 8)
+
+static bool slot_is_free(const struct pdx *x, uint32_t idx)
+{
+	const struct pdx_chunk_meta *m = &x->meta[idx >> PDX_CHUNK_SHIFT];
+	uint32_t s = pdx_slot_of(idx);
+
+	return m->free_map[s / 64] >> (s % 64) & 1;
+}
+
+static void slot_take(struct pdx *x, uint32_t idx)
+{
+	struct pdx_chunk_meta *m = &x->meta[idx >> PDX_CHUNK_SHIFT];
+	uint32_t s = pdx_slot_of(idx);
+
+	m->free_map[s / 64] &= ~(1ull << (s % 64));
+	m->nfree--;
+	x->free_slots--;
+}
+
+static int chunk_add(struct pdx *x)
+{
+	if (x->nchunks == PDX_MAX_CHUNKS)
+		return -ENOMEM;
+
+	struct pdx_chunk *c = aligned_alloc(64, sizeof(*c));
+	uint32_t *depth = malloc(PDX_CHUNK_SLOTS * sizeof(*depth));
+
+	if (!c || !depth) {
+		free(c);
+		free(depth);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < PDX_CHUNK_SLOTS; i++) {
+		atomic_init(&c->key[i], 0);
+		atomic_init(&c->acc[i], 0);
+		atomic_init(&c->holders[i], 0);
+		atomic_init(&c->span[i], 0);
+	}
+	memset(x->meta[x->nchunks].free_map, 0xff, sizeof(x->meta[x->nchunks].free_map));
+	x->meta[x->nchunks].nfree = PDX_CHUNK_SLOTS;
+	x->meta[x->nchunks].depth = depth;
+	/* Relaxed: no reader looks into the chunk before an index into it is published (R1/R2). */
+	atomic_store_explicit(&x->chunk[x->nchunks], c, memory_order_relaxed);
+	x->alloc_chunk = x->nchunks++;
+	x->free_slots += PDX_CHUNK_SLOTS;
+	pdx_stat_add(x, PDX_STAT(bytes), sizeof(*c) + PDX_CHUNK_SLOTS * sizeof(*depth));
+	return 0;
+}
+
+/* Pick the chunk to allocate from: the current one while roomy, else a roomy or new one. */
+static int chunk_pick(struct pdx *x)
+{
+	if (x->nchunks && x->meta[x->alloc_chunk].nfree >= CHUNK_ROOMY)
+		return 0;
+	for (uint32_t i = 1; i <= x->nchunks; i++) {
+		uint32_t c = (x->alloc_chunk + i) % x->nchunks;
+
+		if (x->meta[c].nfree >= CHUNK_ROOMY) {
+			x->alloc_chunk = c;
+			return 0;
+		}
+	}
+	/* Fragmented but half empty: use up scattered slots rather than grow. */
+	if (x->free_slots * 2 > (uint64_t)x->nchunks * PDX_CHUNK_SLOTS) {
+		for (uint32_t c = 0; c < x->nchunks; c++) {
+			if (x->meta[c].nfree) {
+				x->alloc_chunk = c;
+				return 0;
+			}
+		}
+	}
+	return chunk_add(x);
+}
+
+int pdx_entry_alloc(struct pdx *x, uint32_t prev, uint32_t *out)
+{
+	if (prev != PDX_NONE && pdx_slot_of(prev) + 1 < PDX_CHUNK_SLOTS &&
+	    slot_is_free(x, prev + 1)) {
+		slot_take(x, prev + 1);
+		*out = prev + 1;
+		return 0;
+	}
+
+	int err = chunk_pick(x);
+
+	if (err)
+		return err;
+
+	struct pdx_chunk_meta *m = &x->meta[x->alloc_chunk];
+
+	for (uint32_t w = 0; w < PDX_CHUNK_SLOTS / 64; w++) {
+		if (m->free_map[w]) {
+			uint32_t idx = x->alloc_chunk << PDX_CHUNK_SHIFT | (w * 64 +
+				       (uint32_t)__builtin_ctzll(m->free_map[w]));
+
+			slot_take(x, idx);
+			*out = idx;
+			return 0;
+		}
+	}
+	return -ENOMEM; /* unreachable: chunk_pick() found free slots */
+}
+
+/* Return a slot to the allocator: retired ones once readers moved on, or one never published. */
+void pdx_entry_free_slot(struct pdx *x, uint32_t idx)
+{
+	struct pdx_chunk_meta *m = &x->meta[idx >> PDX_CHUNK_SHIFT];
+	uint32_t s = pdx_slot_of(idx);
+
+	m->free_map[s / 64] |= 1ull << (s % 64);
+	m->nfree++;
+	x->free_slots++;
+}
+
+void pdx_entry_release(struct pdx *x, uint32_t idx)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, idx);
+	uint32_t s = pdx_slot_of(idx);
+
+	pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
+	/*
+	 * The child in the next slot loses its parent: clear its PDX_CONT before this slot can be
+	 * reused. Relaxed: a reader seeing the old bit still reads the old, retired parent, and a
+	 * reader that reaches a later tenant of this slot does so through R1 or R2, which come
+	 * after this store.
+	 */
+	if (s + 1 < PDX_CHUNK_SLOTS) {
+		uintptr_t h = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+
+		if (h & PDX_CONT)
+			atomic_store_explicit(&c->holders[s + 1], h & ~PDX_CONT,
+					      memory_order_relaxed);
+	}
+	/* Relaxed: an empty holders word publishes nothing; readers treat it as absent. */
+	atomic_store_explicit(&c->holders[s], 0, memory_order_relaxed);
+	pdx_entry_touch(x, idx);
+	pdx_stat_add(x, PDX_STAT(entries), -1);
+	/* Out of memory for the retire list: the slot leaks rather than being reused under a reader. */
+	(void)pdx_retire(x, PDX_RETIRED_ENTRY, idx, NULL);
+}
+
+/* Warm the lines a writer reads and writes for entry @idx (PDX_NONE: nothing). */
+void pdx_entry_prefetch(const struct pdx *x, uint32_t idx)
+{
+	if (idx == PDX_NONE)
+		return;
+
+	struct pdx_chunk *c = pdx_chunk_of(x, idx);
+
+	__builtin_prefetch(&c->holders[pdx_slot_of(idx)], 1);
+	__builtin_prefetch(&c->key[pdx_slot_of(idx)]);
+}
+
+/* Note that slot @idx changed, so the spans around it get recomputed. */
+void pdx_entry_touch(struct pdx *x, uint32_t idx)
+{
+	struct pdx_dirty *d = x->ndirty ? &x->dirty[x->ndirty - 1] : NULL;
+
+	if (d && idx >> PDX_CHUNK_SHIFT == d->lo >> PDX_CHUNK_SHIFT && idx + 1 >= d->lo &&
+	    idx <= d->hi + 1) {
+		d->lo = idx < d->lo ? idx : d->lo;
+		d->hi = idx > d->hi ? idx : d->hi;
+		return;
+	}
+	if (x->ndirty == PDX_DIRTY_RANGES)
+		pdx_spans_update(x);
+	x->dirty[x->ndirty++] = (struct pdx_dirty){.lo = idx, .hi = idx};
+}
+
+/* Does slot @s + 1 continue slot @s's run with the same holders? */
+static bool continues(const struct pdx_chunk *c, uint32_t s)
+{
+	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+
+	return h && s + 1 < PDX_CHUNK_SLOTS &&
+	       atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed) == (h | PDX_CONT);
+}
+
+/*
+ * Recompute span[] from the last dirty slot down: span[s] = span[s+1] + 1 while the run
+ * continues. Below the dirty range, stop at the first span that was already right.
+ */
+static void spans_fix(struct pdx *x, uint32_t lo_idx, uint32_t hi_idx)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, lo_idx);
+	uint32_t lo = pdx_slot_of(lo_idx);
+
+	for (int64_t s = pdx_slot_of(hi_idx); s >= 0; s--) {
+		uint32_t next = s + 1 < PDX_CHUNK_SLOTS ?
+			atomic_load_explicit(&c->span[s + 1], memory_order_relaxed) : 0;
+		uint16_t span = continues(c, (uint32_t)s) ? (uint16_t)(next + 1) : 0;
+
+		if (s < lo && span == atomic_load_explicit(&c->span[s], memory_order_relaxed))
+			break;
+		/* R5: the slots the span covers are complete; pairs with A5 in the reader. */
+		atomic_store_explicit(&c->span[s], span, memory_order_release);
+	}
+}
+
+void pdx_spans_update(struct pdx *x)
+{
+	/* Any order: each fix-up carries on downwards until the spans below it are right. */
+	while (x->ndirty) {
+		struct pdx_dirty *d = &x->dirty[--x->ndirty];
+
+		spans_fix(x, d->lo, d->hi);
+	}
+}
+
+void pdx_entries_destroy(struct pdx *x)
+{
+	for (uint32_t i = 0; i < x->nchunks; i++) {
+		free(atomic_load_explicit(&x->chunk[i], memory_order_relaxed));
+		free(x->meta[i].depth);
+	}
+	free(x->chunk);
+	free(x->meta);
+}

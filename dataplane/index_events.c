@@ -1,0 +1,407 @@
+/*
+ * KV events applied to the prefix index (routing-semantics §2): STORED, REMOVED, CLEARED, a
+ * target leaving, and the per-publisher event-id sequence. Writer only: the control thread.
+ * Every rejected event leaves the index as it was and moves a counter.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hash.h"
+#include "index.h"
+
+/* Blocks ahead whose memory a loop over an event's blocks prefetches. */
+#define WRITE_AHEAD 8
+
+static int check_target(struct pdx *x, uint32_t target)
+{
+	if (target < x->max_targets)
+		return 0;
+	pdx_stat_add(x, PDX_STAT(bad_target), 1);
+	return -EINVAL;
+}
+
+int pdx_event_seq(struct pdx *x, uint32_t target, uint64_t event_id)
+{
+	if (check_target(x, target))
+		return -EINVAL;
+
+	struct pdx_target_state *ts = &x->targets[target];
+	uint64_t last = ts->last_event;
+
+	if (ts->seq_started && event_id <= last) {
+		pdx_stat_add(x, PDX_STAT(events_dup), 1);
+		return -EALREADY;
+	}
+	ts->last_event = event_id;
+	if (!ts->seq_started || event_id == last + 1) {
+		ts->seq_started = true;
+		return 0;
+	}
+	pdx_stat_add(x, PDX_STAT(events_gap), 1);
+	pdx_stat_add(x, PDX_STAT(events_missing), event_id - last - 1);
+	return event_id - last - 1 > INT32_MAX ? INT32_MAX : (int)(event_id - last - 1);
+}
+
+/*
+ * Reject an event whose ids repeat or whose block names itself as its parent, in O(n) with an
+ * open-addressed set of the ids. Returns 0 or -EINVAL (counted).
+ */
+static int check_event_ids(struct pdx *x, const uint64_t *parent_ext,
+			   const struct pdx_block *blocks, size_t n)
+{
+	size_t cap = 16;
+
+	while (cap < 2 * (n + 1))
+		cap <<= 1;
+	if (cap > x->seen_cap) {
+		/* Two arrays: the ids, and whether each slot is used (any id is a valid id). */
+		uint64_t *seen = realloc(x->seen, cap * (sizeof(uint64_t) + 1));
+
+		if (!seen)
+			return -ENOMEM;
+		x->seen = seen;
+		x->seen_cap = cap;
+	}
+	uint8_t *used = (uint8_t *)(x->seen + cap);
+
+	memset(used, 0, cap);
+	for (size_t j = 0; j <= n; j++) {
+		bool is_parent = j == n;
+		uint64_t id;
+
+		if (is_parent && !parent_ext)
+			break;
+		id = is_parent ? *parent_ext : blocks[j].ext_id;
+		for (size_t pos = (id * 0x9E3779B97F4A7C15ull) >> 32 & (cap - 1);;
+		     pos = (pos + 1) & (cap - 1)) {
+			if (!used[pos]) {
+				used[pos] = 1;
+				x->seen[pos] = id;
+				break;
+			}
+			if (x->seen[pos] == id) {
+				pdx_stat_add(x, is_parent ? PDX_STAT(store_self_parent)
+							  : PDX_STAT(store_repeat_id), 1);
+				return -EINVAL;
+			}
+		}
+	}
+	return 0;
+}
+
+/* Block number of entry @idx's block in its prompts (writer-only bookkeeping). */
+static uint32_t *depth_of(struct pdx *x, uint32_t idx)
+{
+	return &x->meta[idx >> PDX_CHUNK_SHIFT].depth[pdx_slot_of(idx)];
+}
+
+/* The run-sum term of the child of @prev (PDX_NONE: a block 0) with this @local hash. */
+static uint64_t child_term(struct pdx *x, uint32_t prev, uint64_t local)
+{
+	return pdx_term(local, prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1);
+}
+
+/* Would entry @e be a PDX_CONT child of @prev? It must sit right after it with a fitting acc. */
+static bool fits_after(struct pdx *x, uint32_t prev, uint32_t e, uint64_t local)
+{
+	const struct pdx_chunk *c = pdx_chunk_of(x, e);
+	uint32_t s = pdx_slot_of(e);
+
+	return prev != PDX_NONE && e == prev + 1 && s != 0 &&
+	       atomic_load_explicit(&c->acc[s], memory_order_relaxed) -
+			       atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed) ==
+		       child_term(x, prev, local);
+}
+
+/* Put @target on entry @e (the block after @prev); returns 0 or -ENOMEM. */
+static int hold_existing(struct pdx *x, uint32_t e, uint32_t prev, uint64_t local,
+			 uint32_t target)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, e);
+	uint32_t s = pdx_slot_of(e);
+	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
+	struct pdx_set *set = pdx_set_with(x, old, target);
+
+	if (!set)
+		return -ENOMEM;
+	/* Found right after its parent (a re-store): let readers walk into it. */
+	if (!(h & PDX_CONT) && fits_after(x, prev, e, local))
+		h |= PDX_CONT;
+	set->refs++;
+	/* R1: the new set is complete; pairs with A1 in the reader. */
+	atomic_store_explicit(&c->holders[s], (uintptr_t)set | (h & PDX_CONT),
+			      memory_order_release);
+	pdx_set_unref(x, old);
+	pdx_entry_touch(x, e);
+	return 0;
+}
+
+/* Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM). */
+static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t prev,
+			 uint32_t target)
+{
+	struct pdx_set *set = pdx_set_with(x, NULL, target);
+	uint32_t e;
+
+	if (!set || pdx_entry_alloc(x, prev, &e))
+		return PDX_NONE;
+
+	struct pdx_chunk *c = pdx_chunk_of(x, e);
+	uint32_t s = pdx_slot_of(e);
+	bool cont = prev != PDX_NONE && e == prev + 1 && s != 0;
+	uint64_t acc = child_term(x, prev, local);
+
+	*depth_of(x, e) = prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1;
+	if (cont)
+		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
+	/* Relaxed: published by R2 (table) and R1 (holders) below. */
+	atomic_store_explicit(&c->key[s], key, memory_order_relaxed);
+	atomic_store_explicit(&c->acc[s], acc, memory_order_relaxed);
+	if (pdx_table_insert(x, key, e)) {
+		pdx_entry_free_slot(x, e); /* never published: no reader saw it */
+		return PDX_NONE;
+	}
+	set->refs++;
+	/* R1: key and acc are written; pairs with A1 in the reader. */
+	atomic_store_explicit(&c->holders[s], (uintptr_t)set | (cont ? PDX_CONT : 0),
+			      memory_order_release);
+	pdx_entry_touch(x, e);
+	pdx_stat_add(x, PDX_STAT(entries), 1);
+	return e;
+}
+
+/* Sequence hashes of the event's blocks into x->keys; @key is the parent's, if @has_parent. */
+static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
+		      const struct pdx_block *blocks, size_t n)
+{
+	if (n > x->keys_cap) {
+		uint64_t *k = realloc(x->keys, n * sizeof(*k));
+
+		if (!k)
+			return -ENOMEM;
+		x->keys = k;
+		x->keys_cap = n;
+	}
+	for (size_t j = 0; j < n; j++) {
+		key = j == 0 && !has_parent ? blocks[0].local_hash
+					    : dp_hash_chain(key, blocks[j].local_hash);
+		x->keys[j] = key;
+	}
+	return 0;
+}
+
+/* Warm what block @j will touch: its bucket and its id-map slot. */
+static void store_warm(const struct pdx *x, const struct pdx_idmap *map,
+		       const struct pdx_block *blocks, size_t j)
+{
+	pdx_table_prefetch(atomic_load_explicit(&x->table, memory_order_relaxed), x->keys[j]);
+	pdx_idmap_prefetch(map, blocks[j].ext_id);
+}
+
+static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
+			 const struct pdx_block *blocks, size_t n)
+{
+	struct pdx_idmap *map = &x->targets[target].map;
+	long applied = 0;
+
+	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
+		store_warm(x, map, blocks, j);
+	for (size_t j = 0; j < n; j++) {
+		uint64_t key = x->keys[j];
+		uint32_t known = pdx_idmap_get(map, blocks[j].ext_id);
+
+		if (j + WRITE_AHEAD < n)
+			store_warm(x, map, blocks, j + WRITE_AHEAD);
+		if (known != PDX_NONE) {
+			if (atomic_load_explicit(&pdx_chunk_of(x, known)->key[pdx_slot_of(known)],
+						 memory_order_relaxed) != key) {
+				pdx_stat_add(x, PDX_STAT(store_id_conflict), 1);
+				return -EEXIST;
+			}
+			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
+			prev = known;
+			continue;
+		}
+		/* Relaxed: the writer itself stored the table pointer. */
+		uint32_t e = pdx_table_find(x, atomic_load_explicit(&x->table, memory_order_relaxed),
+					    key);
+
+		if (e == PDX_NONE) {
+			e = hold_new(x, key, blocks[j].local_hash, prev, target);
+			if (e == PDX_NONE)
+				return -ENOMEM;
+		} else if (pdx_set_has(pdx_set_of(atomic_load_explicit(
+				       &pdx_chunk_of(x, e)->holders[pdx_slot_of(e)],
+				       memory_order_relaxed)), target)) {
+			/* Held under another external id: keep the first name. */
+			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
+			prev = e;
+			continue;
+		} else if (hold_existing(x, e, prev, blocks[j].local_hash, target)) {
+			return -ENOMEM;
+		}
+		pdx_idmap_put(map, blocks[j].ext_id, e);
+		pdx_stat_add(x, PDX_STAT(blocks_stored), 1);
+		applied++;
+		prev = e;
+	}
+	return applied;
+}
+
+long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
+	       const struct pdx_block *blocks, size_t n)
+{
+	if (check_target(x, target))
+		return -EINVAL;
+
+	int err = check_event_ids(x, parent_ext, blocks, n);
+
+	if (err)
+		return err;
+
+	struct pdx_idmap *map = &x->targets[target].map;
+	uint32_t prev = PDX_NONE;
+	uint64_t key = 0;
+
+	if (parent_ext) {
+		prev = pdx_idmap_get(map, *parent_ext);
+		if (prev == PDX_NONE) {
+			pdx_stat_add(x, PDX_STAT(store_unknown_parent), 1);
+			return -ENOENT;
+		}
+		key = atomic_load_explicit(&pdx_chunk_of(x, prev)->key[pdx_slot_of(prev)],
+					   memory_order_relaxed);
+	}
+	if (n > UINT32_MAX || pdx_idmap_reserve(x, map, (uint32_t)n) ||
+	    event_keys(x, parent_ext != NULL, key, blocks, n))
+		return -ENOMEM;
+
+	long applied = store_blocks(x, target, prev, blocks, n);
+
+	pdx_reclaim(x);
+	return applied;
+}
+
+long pdx_store_tokens(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
+		      const uint64_t *ext_ids, size_t n, const uint32_t *tokens,
+		      uint32_t block_size, uint64_t seed)
+{
+	if (block_size == 0 || block_size > DP_HASH_MAX_BLOCK || (block_size & (block_size - 1)))
+		return -EINVAL;
+	if (n > x->blocks_cap) {
+		struct pdx_block *b = realloc(x->blocks, n * sizeof(*b));
+
+		if (!b)
+			return -ENOMEM;
+		x->blocks = b;
+		x->blocks_cap = n;
+	}
+	for (size_t j = 0; j < n; j++) {
+		uint64_t local;
+
+		dp_hash_blocks(tokens + j * block_size, block_size, block_size, seed, &local);
+		x->blocks[j] = (struct pdx_block){.ext_id = ext_ids[j], .local_hash = local};
+	}
+	return pdx_store(x, target, parent_ext, x->blocks, n);
+}
+
+/* Take @target off entry @e; frees the entry when no one holds it. 0 or -ENOMEM. */
+static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, e);
+	uint32_t s = pdx_slot_of(e);
+	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
+	struct pdx_set *set = pdx_set_without(x, old, target);
+
+	if (!set && old->n > 1)
+		return -ENOMEM;
+	if (set) {
+		set->refs++;
+		/* R1: the new set is complete; pairs with A1 in the reader. */
+		atomic_store_explicit(&c->holders[s], (uintptr_t)set | (h & PDX_CONT),
+				      memory_order_release);
+		pdx_entry_touch(x, e);
+	} else {
+		pdx_entry_release(x, e);
+	}
+	pdx_set_unref(x, old);
+	pdx_stat_add(x, PDX_STAT(blocks_removed), 1);
+	return 0;
+}
+
+long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t n)
+{
+	if (check_target(x, target))
+		return -EINVAL;
+
+	struct pdx_idmap *map = &x->targets[target].map;
+	long removed = 0;
+
+	for (size_t j = 0; j < n; j++) {
+		/* Two stages ahead: the id-map slot, then (once that is near) the entry. */
+		if (j + 2 * WRITE_AHEAD < n)
+			pdx_idmap_prefetch(map, ext_ids[j + 2 * WRITE_AHEAD]);
+		if (j + WRITE_AHEAD < n)
+			pdx_entry_prefetch(x, pdx_idmap_get(map, ext_ids[j + WRITE_AHEAD]));
+
+		uint32_t e = pdx_idmap_del(map, ext_ids[j]);
+
+		if (e == PDX_NONE) {
+			pdx_stat_add(x, PDX_STAT(remove_unknown), 1);
+			continue;
+		}
+		if (drop_holder(x, e, target)) {
+			pdx_idmap_put(map, ext_ids[j], e); /* reuses the slot just freed */
+			pdx_reclaim(x);
+			return -ENOMEM;
+		}
+		removed++;
+	}
+	pdx_reclaim(x);
+	return removed;
+}
+
+long pdx_clear(struct pdx *x, uint32_t target)
+{
+	if (check_target(x, target))
+		return -EINVAL;
+
+	struct pdx_idmap *map = &x->targets[target].map;
+	long removed = 0;
+
+	for (uint32_t i = 0; map->idx && i <= map->mask; i++) {
+		uint32_t e = map->idx[i];
+
+		if (e == PDX_SLOT_EMPTY || e == PDX_SLOT_TOMB)
+			continue;
+		if (drop_holder(x, e, target)) {
+			pdx_reclaim(x);
+			return -ENOMEM;
+		}
+		map->idx[i] = PDX_SLOT_TOMB;
+		map->live--;
+		removed++;
+	}
+	pdx_idmap_free(x, map);
+	pdx_reclaim(x);
+	return removed;
+}
+
+long pdx_drop_target(struct pdx *x, uint32_t target)
+{
+	long removed = pdx_clear(x, target);
+
+	if (removed >= 0) {
+		x->targets[target].seq_started = false;
+		x->targets[target].last_event = 0;
+	}
+	return removed;
+}
+
+size_t pdx_target_blocks(const struct pdx *x, uint32_t target)
+{
+	return target < x->max_targets ? x->targets[target].map.live : 0;
+}

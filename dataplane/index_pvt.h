@@ -1,0 +1,260 @@
+/*
+ * Prefix index internals. Do not include directly: include index.h.
+ *
+ * Layout
+ *   entries   one per prefix (block) held by at least one target, in chunks of PDX_CHUNK_SLOTS
+ *             slots stored as parallel arrays (key, acc, holders, span), so a walk reads only
+ *             what it needs.
+ *             Chunks never move; a slot is named by a u32 index.
+ *   table     open addressing, linear probing: sequence hash -> entry index. Replaced whole
+ *             (never resized in place) when it fills up.
+ *   holders   immutable sorted sets of target ids, interned: every entry held by the same targets
+ *             points to the same set, so a block held by one target costs one pointer, and a
+ *             reader walking a prompt compares pointers until the set changes.
+ *   idmaps    writer-only, per target: engine external id -> entry index.
+ *
+ * Runs. A STORED event usually brings blocks that are new to the index; they get consecutive
+ * slots, and a slot whose block is the child of the block in the slot just before carries
+ * PDX_CONT in its holders word. Along such a run each slot stores acc, a wrapping sum of the
+ * run's blocks, each counted as pdx_term(local, depth) with depth its block number in the
+ * prompt: acc[s] = acc[s-1] + term for a PDX_CONT slot (any base otherwise). The depth makes
+ * the sum see order (a plain sum would match a prompt with two blocks swapped). span[s]
+ * counts the slots after s that continue the run with the same holder set. A reader that has
+ * matched block i in slot s so checks a whole span with one subtraction (the sum of the
+ * prompt's terms against the acc difference) instead of one probe per block, and only where a
+ * run ends does it hash and probe the table. Two different runs agree on their sums about as
+ * often as two prefixes share a 64-bit sequence hash.
+ * The writer keeps PDX_CONT exact (set when a child lands right after its parent with a
+ * fitting acc, cleared before the parent's slot is freed) and recomputes the spans around
+ * every slot an event touched before anything it freed can be reused.
+ *
+ * Reclamation. Readers announce the writer's epoch while they query; whatever the writer
+ * unlinks (entry slots, sets, old tables) is retired with the current epoch and freed only
+ * when no reader is still inside an epoch at or before it. Readers never wait; the writer
+ * never waits either, it just frees later.
+ *
+ * Memory ordering, labelled as pairs (R = release, A = acquire, F = fence):
+ *   R1/A1  entry published: key and acc are written before holders (R1); a reader loads
+ *          holders with acquire (A1) before it reads key or acc.
+ *   R5/A5  span published after the slots it covers (R5); the reader loads it with acquire (A5)
+ *          before it reads their acc.
+ *   R2/A2  table slot published: key and the entry are complete before the slot's index is
+ *          stored (R2); the reader loads the index with acquire (A2) before its key.
+ *   R3/A3  new table: filled before its pointer is stored (R3), loaded with acquire (A3).
+ *   F1/F2  epoch: a reader's announcement (then F1) and the writer's unlink (then F2) are
+ *          each followed by a seq_cst fence, so either the writer's scan sees the reader or
+ *          the reader's walk sees the unlink.
+ *   R4/A4  a reader leaving stores 0 with release (R4); the writer reads announcements with
+ *          acquire (A4), so everything the reader read happens before the writer frees it.
+ */
+#ifndef PD_DATAPLANE_INDEX_PVT_H
+#define PD_DATAPLANE_INDEX_PVT_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PDX_CHUNK_SHIFT 12
+#define PDX_CHUNK_SLOTS (1u << PDX_CHUNK_SHIFT)
+#define PDX_MAX_CHUNKS (1u << 16) /* 2^28 entries */
+#define PDX_NONE UINT32_MAX	  /* no entry */
+
+#define PDX_CONT ((uintptr_t)1) /* holders word: parent sits in the slot before */
+
+/* Holder set: the targets caching a prefix, sorted. Immutable once an entry points to it. */
+struct pdx_set {
+	uint32_t n;
+	uint32_t refs;	      /* writer-only: entries pointing here */
+	uint64_t sum;	      /* writer-only: sum of mix(member), the interning hash */
+	struct pdx_set *next; /* writer-only: intern chain */
+	uint16_t member[];
+};
+
+struct pdx_chunk {
+	_Atomic uint64_t key[PDX_CHUNK_SLOTS];	    /* sequence hash of the prefix */
+	_Atomic uint64_t acc[PDX_CHUNK_SLOTS];	    /* sum of local hashes along the run */
+	_Atomic uintptr_t holders[PDX_CHUNK_SLOTS]; /* struct pdx_set * | PDX_CONT; 0 = free */
+	_Atomic uint16_t span[PDX_CHUNK_SLOTS];	    /* next slots in the run with these holders */
+};
+
+/* Writer-only bookkeeping of a chunk's slots. */
+struct pdx_chunk_meta {
+	uint64_t free_map[PDX_CHUNK_SLOTS / 64]; /* 1 = slot free for allocation */
+	uint32_t nfree;
+	uint32_t *depth; /* block number of each slot's block in its prompts */
+};
+
+#define PDX_SLOT_EMPTY UINT32_MAX
+#define PDX_SLOT_TOMB (UINT32_MAX - 1)
+
+struct pdx_slot {
+	_Atomic uint64_t key;
+	_Atomic uint32_t idx; /* entry index, PDX_SLOT_EMPTY or PDX_SLOT_TOMB */
+	uint32_t pad;
+};
+
+struct pdx_table {
+	uint64_t mask;
+	uint64_t live; /* writer-only */
+	uint64_t used; /* writer-only: live + tombstones */
+	alignas(64) struct pdx_slot slot[];
+};
+
+/* Writer-only map of one target: external id -> entry index (linear probing). */
+struct pdx_idmap {
+	uint64_t *ext;
+	uint32_t *idx; /* PDX_SLOT_EMPTY / PDX_SLOT_TOMB as in the table */
+	uint32_t mask;
+	uint32_t live;
+	uint32_t used;
+};
+
+struct pdx_target_state {
+	struct pdx_idmap map;
+	uint64_t last_event;
+	bool seq_started;
+};
+
+struct pdx;
+
+#define PDX_MATCH_MAX_BLOCKS 65536u
+
+struct pdx_reader {
+	alignas(64) _Atomic uint64_t epoch; /* 0: not inside a query */
+	_Atomic bool attached;
+	struct pdx *x;
+	uint16_t *active;  /* targets still matching */
+	uint64_t *locals;  /* pdx_match_tokens() hashes */
+};
+
+enum pdx_retired_kind { PDX_RETIRED_ENTRY, PDX_RETIRED_SET, PDX_RETIRED_TABLE };
+
+struct pdx_retired {
+	uint64_t epoch;
+	enum pdx_retired_kind kind;
+	union {
+		uint32_t idx;
+		void *ptr;
+	};
+};
+
+struct pdx_set_memo {
+	const struct pdx_set *from;
+	struct pdx_set *to;
+	uint32_t target;
+	bool add;
+};
+
+/* Slots an event changed, as ranges within one chunk, whose spans must be recomputed. */
+#define PDX_DIRTY_RANGES 32
+
+struct pdx_dirty {
+	uint32_t lo, hi; /* entry indices, same chunk */
+};
+
+struct pdx {
+	/* Shared with readers. */
+	_Atomic(struct pdx_table *) table;
+	_Atomic(struct pdx_chunk *) *chunk; /* PDX_MAX_CHUNKS pointers */
+	alignas(64) _Atomic uint64_t epoch;
+	struct pdx_reader *readers;
+	uint32_t max_readers;
+	uint32_t max_targets;
+
+	/* Writer-only from here on. */
+	alignas(64) struct pdx_chunk_meta *meta;
+	uint32_t nchunks;
+	uint32_t alloc_chunk; /* where allocation continues */
+	uint64_t free_slots;  /* over all chunks */
+	struct pdx_target_state *targets;
+	struct pdx_set **intern; /* buckets by sum */
+	uint64_t intern_mask;
+	struct pdx_set_memo memo;
+	uint16_t *set_scratch; /* max_targets members */
+	uint64_t *seen;	       /* pdx_store(): open-addressed set of the event's ids */
+	size_t seen_cap;
+	struct pdx_dirty dirty[PDX_DIRTY_RANGES];
+	uint32_t ndirty;
+	uint64_t *keys; /* pdx_store(): the event's sequence hashes */
+	size_t keys_cap;
+	struct pdx_block *blocks; /* pdx_store_tokens() */
+	size_t blocks_cap;
+	struct pdx_retired *retired;
+	size_t nretired, retired_cap;
+	uint64_t min_table_slots;
+	_Atomic uint64_t stat[18]; /* struct pdx_stats, field by field; written by the writer */
+};
+
+/* Stats are relaxed atomics so a reader may copy them; one writer, so no RMW is needed. */
+#define PDX_STAT(name) (offsetof(struct pdx_stats, name) / sizeof(uint64_t))
+
+static inline void pdx_stat_add(struct pdx *x, size_t i, uint64_t v)
+{
+	/* Single writer: a relaxed load and store are an exact increment. */
+	atomic_store_explicit(&x->stat[i], atomic_load_explicit(&x->stat[i], memory_order_relaxed) + v,
+			      memory_order_relaxed);
+}
+
+static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
+{
+	/* Relaxed: the chunk pointer is stored before any index into it is published (R1/R2). */
+	return atomic_load_explicit(&x->chunk[idx >> PDX_CHUNK_SHIFT], memory_order_relaxed);
+}
+
+/* A block's share of a run sum: its local hash, mixed with where it sits in the prompt. */
+static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
+{
+	return local ^ depth * 0x9E3779B97F4A7C15ull;
+}
+
+static inline uint32_t pdx_slot_of(uint32_t idx)
+{
+	return idx & (PDX_CHUNK_SLOTS - 1);
+}
+
+static inline const struct pdx_set *pdx_set_of(uintptr_t holders)
+{
+	return (const struct pdx_set *)(holders & ~PDX_CONT);
+}
+
+/* table.c */
+int pdx_table_init(struct pdx *x, uint64_t slots);
+uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t key);
+void pdx_table_prefetch(const struct pdx_table *t, uint64_t key);
+int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx);
+void pdx_table_delete(struct pdx *x, uint64_t key, uint32_t idx);
+size_t pdx_table_bytes(uint64_t slots);
+
+/* sets.c */
+int pdx_sets_init(struct pdx *x);
+void pdx_sets_destroy(struct pdx *x);
+struct pdx_set *pdx_set_with(struct pdx *x, const struct pdx_set *s, uint32_t target);
+struct pdx_set *pdx_set_without(struct pdx *x, const struct pdx_set *s, uint32_t target);
+void pdx_set_unref(struct pdx *x, struct pdx_set *s);
+bool pdx_set_has(const struct pdx_set *s, uint32_t target);
+size_t pdx_set_bytes(uint32_t n);
+
+/* epoch.c */
+int pdx_retire(struct pdx *x, enum pdx_retired_kind kind, uint32_t idx, void *ptr);
+void pdx_retired_free_all(struct pdx *x);
+
+/* entry.c */
+int pdx_entry_alloc(struct pdx *x, uint32_t prev, uint32_t *out);
+void pdx_entry_release(struct pdx *x, uint32_t idx);
+void pdx_entry_free_slot(struct pdx *x, uint32_t idx);
+void pdx_entries_destroy(struct pdx *x);
+void pdx_entry_touch(struct pdx *x, uint32_t idx);
+void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
+void pdx_spans_update(struct pdx *x);
+
+/* idmap.c */
+uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
+void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext);
+int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
+void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx);
+uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext);
+void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m);
+
+#endif
