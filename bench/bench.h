@@ -1,0 +1,46 @@
+/*
+ * pdbench internals shared by the subcommands: their entry points, the clock and argument
+ * parsing. Each subcommand lives in bench_<target>.c; the main thread runs it.
+ */
+#ifndef PD_BENCH_BENCH_H
+#define PD_BENCH_BENCH_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* Exit statuses of every subcommand. */
+enum { BENCH_OK = 0, BENCH_FAILED = 1, BENCH_USAGE = 2 };
+
+/**
+ * bench_index_main - `pdbench index`: replay an .ops stream on the prefix index.
+ * @argc, @argv: the arguments from "index" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (mismatches, invariant violations or an error while running)
+ * or BENCH_USAGE (bad arguments or input file).
+ */
+int bench_index_main(int argc, char **argv);
+
+/**
+ * bench_parse_u32 - parse a decimal integer in [@min, @max] for option @name.
+ *
+ * Returns 0, or -EINVAL after printing what is wrong to stderr.
+ */
+int bench_parse_u32(const char *name, const char *s, uint32_t min, uint32_t max, uint32_t *out);
+
+/**
+ * bench_parse_seconds - parse a duration in seconds, above 0 and at most a day.
+ *
+ * Returns 0, or -EINVAL after printing what is wrong to stderr.
+ */
+int bench_parse_seconds(const char *name, const char *s, double *out);
+
+/* Monotonic nanoseconds; a vDSO call, no syscall, so it may sit around every timed op. */
+static inline uint64_t bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job, until the daemon lands: installs the dependencies, builds an optimised tree
+# (build-release/), turns the shipped Mooncake trace into prefix-index operation streams and
+# replays them with `pdbench index`, printing match latency and throughput.
+# Usage: tools/run.sh [--workers N] [extra pdbench index flags...]
+# PDROUTER_SHARED points at the shared/ directory (default: ../shared beside the checkout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tools/deps.sh
+pd_install_deps
+
+workers=256
+if [ "${1:-}" = "--workers" ]; then workers=$2; shift 2; fi
+shared=${PDROUTER_SHARED:-../shared}
+trace=$shared/traces/mooncake_synthetic_trace.jsonl
+gen=$shared/bench/make_indexer_ops.py
+for f in "$trace" "$gen"; do
+	[ -f "$f" ] || { echo "run.sh: $f not found (set PDROUTER_SHARED)" >&2; exit 2; }
+done
+
+[ -f build-release/build.ninja ] || meson setup build-release --buildtype=release >/dev/null
+ninja -C build-release bench/pdbench >/dev/null
+
+for variant in "synthetic:" "shared-prefix:--shared-prefix 2"; do
+	name=${variant%%:*}
+	ops=build-release/mooncake-$name-w$workers.ops
+	# shellcheck disable=SC2086 # the variant's flags are meant to split
+	[ -f "$ops" ] || python3 "$gen" "$trace" "$ops" --workers "$workers" --block-size 64 \
+		${variant#*:} 2>/dev/null
+	echo "== pdbench index: Mooncake trace, $name, $workers workers, block size 64"
+	build-release/bench/pdbench index --ops "$ops" "$@"
+done
