@@ -49,63 +49,32 @@ static void reader_leave(struct pdx_reader *r)
 /* Sum of the run-sum terms of blocks [from, from + n) of the prompt (pdx_term()). */
 static uint64_t sum_terms(const uint64_t *local, size_t from, size_t n)
 {
-	const uint64_t step = 0x9E3779B97F4A7C15ull; /* pdx_term()'s depth multiplier */
+	const uint64_t step = PDX_TERM_DEPTH;
 	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 	uint64_t d = from * step;
 	size_t i = 0;
 
-	/* Four independent sums: one add per block would otherwise be the critical path. */
+	/* Four independent sums, so the multiplies of four blocks are in flight together. */
 	for (; i + 4 <= n; i += 4, d += 4 * step) {
-		s0 += local[from + i] ^ d;
-		s1 += local[from + i + 1] ^ (d + step);
-		s2 += local[from + i + 2] ^ (d + 2 * step);
-		s3 += local[from + i + 3] ^ (d + 3 * step);
+		s0 += pdx_term_at(local[from + i], d);
+		s1 += pdx_term_at(local[from + i + 1], d + step);
+		s2 += pdx_term_at(local[from + i + 2], d + 2 * step);
+		s3 += pdx_term_at(local[from + i + 3], d + 3 * step);
 	}
 	for (; i < n; i++, d += step)
-		s0 += local[from + i] ^ d;
+		s0 += pdx_term_at(local[from + i], d);
 	return s0 + s1 + s2 + s3;
 }
 
 /*
- * Where the prompt leaves a span: the longest k in [lo, hi) such that blocks i+1..i+k are the
- * slots after @s. The acc differences agree with the prompt's sums up to the first differing
- * block and not after, so the boundary can be searched: SEARCH_WAYS points per round, all
- * prefetched before any is read so their misses overlap.
+ * Blocks after block @i (in slot @idx) that the prompt follows inside the slot's span, all
+ * held by the same targets. The acc differences agree with the prompt's sums up to the first
+ * differing block and not after, so the boundary is searched: SEARCH_WAYS points a round, the
+ * last one the end of the range (a whole span matching is the common case), all prefetched
+ * before any is read so their misses overlap. The prompt's terms are summed once.
  */
 #define SEARCH_WAYS 16
 
-static size_t span_search(const struct walk *w, const struct pdx_chunk *c, uint32_t s, size_t i,
-			  size_t hi)
-{
-	uint64_t base = atomic_load_explicit(&c->acc[s], memory_order_relaxed);
-	uint64_t sum_lo = 0;
-	size_t lo = 0;
-
-	while (hi - lo > 1) {
-		size_t step = (hi - lo + SEARCH_WAYS - 1) / SEARCH_WAYS;
-
-		for (size_t p = lo + step; p < hi; p += step)
-			__builtin_prefetch(&c->acc[s + p]);
-		for (size_t p = lo + step; p < hi; p += step) {
-			uint64_t sum = sum_lo + sum_terms(w->local, i + 1 + lo, p - lo);
-
-			if (atomic_load_explicit(&c->acc[s + p], memory_order_relaxed) - base != sum) {
-				hi = p;
-				break;
-			}
-			lo = p;
-			sum_lo = sum;
-		}
-		if (hi > lo + step)
-			hi = lo + step;
-	}
-	return lo;
-}
-
-/*
- * Blocks after block @i (in slot @idx) that the prompt follows inside the slot's span, all
- * held by the same targets: one comparison when the whole span matches, a search otherwise.
- */
 static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
@@ -113,20 +82,43 @@ static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
 	/* A5: pairs with R5; the acc of every slot the span covers is visible. */
 	size_t span = atomic_load_explicit(&c->span[s], memory_order_acquire);
 
+	/* The writer keeps s + span inside the chunk; clamping costs nothing and proves it. */
+	if (span > PDX_CHUNK_SLOTS - 1 - s)
+		span = PDX_CHUNK_SLOTS - 1 - s;
 	if (span > w->n - 1 - i)
 		span = w->n - 1 - i;
 	if (!span)
 		return 0;
-	/* Where the walk most likely goes next, read while the prompt's sum is computed. */
-	__builtin_prefetch(&c->acc[s + span]);
+	/* Where the walk most likely goes after the span. */
 	__builtin_prefetch(&c->span[s + span]);
 	if (s + span + 1 < PDX_CHUNK_SLOTS)
 		__builtin_prefetch(&c->holders[s + span + 1]);
-	if (atomic_load_explicit(&c->acc[s + span], memory_order_relaxed) -
-		    atomic_load_explicit(&c->acc[s], memory_order_relaxed) ==
-	    sum_terms(w->local, i + 1, span))
-		return span;
-	return span_search(w, c, s, i, span);
+
+	uint64_t base = atomic_load_explicit(&c->acc[s], memory_order_relaxed), sum_lo = 0;
+	size_t lo = 0, last = span; /* block i+lo is in slot s+lo; the answer is in [lo, last] */
+
+	while (lo < last) {
+		size_t step = (last - lo + SEARCH_WAYS - 1) / SEARCH_WAYS;
+
+		for (size_t p = lo + step; p < last; p += step)
+			__builtin_prefetch(&c->acc[s + p]);
+		__builtin_prefetch(&c->acc[s + last]);
+		for (size_t p = lo + step;; p += step) {
+			p = p < last ? p : last;
+
+			uint64_t sum = sum_lo + sum_terms(w->local, i + 1 + lo, p - lo);
+
+			if (atomic_load_explicit(&c->acc[s + p], memory_order_relaxed) - base != sum) {
+				last = p - 1;
+				break;
+			}
+			lo = p;
+			sum_lo = sum;
+			if (p == last)
+				break;
+		}
+	}
+	return lo;
 }
 
 /*

@@ -22,8 +22,10 @@
  * counts the slots after s that continue the run with the same holder set. A reader that has
  * matched block i in slot s so checks a whole span with one subtraction (the sum of the
  * prompt's terms against the acc difference) instead of one probe per block, and only where a
- * run ends does it hash and probe the table. Two different runs agree on their sums about as
- * often as two prefixes share a 64-bit sequence hash.
+ * run ends does it hash and probe the table. Two different runs of honest blocks agree on
+ * their sums about as often as two prefixes share a 64-bit sequence hash. Someone choosing
+ * blocks could search for a colliding run, but only against a run whose blocks they know, and
+ * then they can send those blocks anyway: the worst a collision does is one poor routing choice.
  * The writer keeps PDX_CONT exact (set when a child lands right after its parent with a
  * fitting acc, cleared before the parent's slot is freed) and recomputes the spans around
  * every slot an event touched before anything it freed can be reused.
@@ -58,7 +60,7 @@
 
 #define PDX_CHUNK_SHIFT 12
 #define PDX_CHUNK_SLOTS (1u << PDX_CHUNK_SHIFT)
-#define PDX_MAX_CHUNKS (1u << 16) /* 2^28 entries */
+#define PDX_MAX_CHUNKS (1u << 15) /* 2^27 entries */
 #define PDX_NONE UINT32_MAX	  /* no entry */
 
 #define PDX_CONT ((uintptr_t)1) /* holders word: parent sits in the slot before */
@@ -86,20 +88,18 @@ struct pdx_chunk_meta {
 	uint32_t *depth; /* block number of each slot's block in its prompts */
 };
 
+/*
+ * A table slot is one 64-bit word, so readers never see half of one: the entry index in the
+ * low half, the top 32 bits of the key in the high half (the entry holds the full key).
+ */
 #define PDX_SLOT_EMPTY UINT32_MAX
 #define PDX_SLOT_TOMB (UINT32_MAX - 1)
-
-struct pdx_slot {
-	_Atomic uint64_t key;
-	_Atomic uint32_t idx; /* entry index, PDX_SLOT_EMPTY or PDX_SLOT_TOMB */
-	uint32_t pad;
-};
 
 struct pdx_table {
 	uint64_t mask;
 	uint64_t live; /* writer-only */
 	uint64_t used; /* writer-only: live + tombstones */
-	alignas(64) struct pdx_slot slot[];
+	alignas(64) _Atomic uint64_t slot[];
 };
 
 /* Writer-only map of one target: external id -> entry index (linear probing). */
@@ -203,10 +203,24 @@ static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
 	return atomic_load_explicit(&x->chunk[idx >> PDX_CHUNK_SHIFT], memory_order_relaxed);
 }
 
-/* A block's share of a run sum: its local hash, mixed with where it sits in the prompt. */
+/*
+ * A block's share of a run sum: its local hash mixed with where it sits in the prompt. The
+ * multiply and shift make it nonlinear in both: a plain xor of the depth would let two blocks
+ * whose hashes differ only where the two depths' patterns agree swap places unseen. A bijection
+ * of the local hash for a given depth, so one term still identifies one block exactly.
+ */
+#define PDX_TERM_DEPTH 0x9E3779B97F4A7C15ull
+
+static inline uint64_t pdx_term_at(uint64_t local, uint64_t depth_mix)
+{
+	uint64_t m = (local ^ depth_mix) * 0xBF58476D1CE4E5B9ull;
+
+	return m ^ (m >> 29);
+}
+
 static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
 {
-	return local ^ depth * 0x9E3779B97F4A7C15ull;
+	return pdx_term_at(local, depth * PDX_TERM_DEPTH);
 }
 
 static inline uint32_t pdx_slot_of(uint32_t idx)
@@ -220,7 +234,7 @@ static inline const struct pdx_set *pdx_set_of(uintptr_t holders)
 }
 
 /* table.c */
-int pdx_table_init(struct pdx *x, uint64_t slots);
+int pdx_table_init(struct pdx *x, uint64_t blocks);
 uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t key);
 void pdx_table_prefetch(const struct pdx_table *t, uint64_t key);
 int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx);
