@@ -1,0 +1,83 @@
+/*
+ * Helpers shared by the unit tests: a seeded PRNG (tests never call rand()), builders for
+ * prefixes of blocks with deterministic local hashes and external ids, and an index fixture
+ * with one reader whose answers come back sorted by target. Single-threaded; every helper
+ * fails the running test through Criterion when something it needs does not work.
+ */
+#ifndef PD_TESTS_HELPERS_H
+#define PD_TESTS_HELPERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hash.h"
+#include "index.h"
+
+/* 1 when built with a sanitizer: the few quadratic tests then run smaller. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define T_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define T_SANITIZED 1
+#endif
+#endif
+#ifndef T_SANITIZED
+#define T_SANITIZED 0
+#endif
+
+/* splitmix64: a fixed, seedable PRNG, so every failure replays. */
+struct t_rng {
+	uint64_t s;
+};
+
+uint64_t t_mix64(uint64_t x);
+void t_rng_seed(struct t_rng *r, uint64_t seed);
+uint64_t t_rng_next(struct t_rng *r);
+uint32_t t_rng_below(struct t_rng *r, uint32_t n); /* uniform in [0, n), n > 0 */
+bool t_rng_chance(struct t_rng *r, uint32_t percent);
+
+/* calloc that fails the test instead of returning NULL. */
+void *t_calloc(size_t n, size_t size);
+
+/*
+ * Local hashes of n blocks named by @tag: block i gets t_mix64(tag, i), never 0, distinct for
+ * distinct (tag, i) in practice.
+ */
+void t_locals(uint64_t tag, size_t n, uint64_t *local);
+
+/*
+ * A STORED event's blocks for local[from..from+n) of a prompt: the external id of block i is
+ * derived from the sequence hash of the prefix 0..i and @ext_tag, as an engine's block hash
+ * names the whole prefix. @out receives n blocks.
+ */
+void t_blocks(const uint64_t *local, size_t from, size_t n, uint64_t ext_tag,
+	      struct pdx_block *out);
+
+/* External id t_blocks() gives block @i of the prompt @local under @ext_tag. */
+uint64_t t_ext_id(const uint64_t *local, size_t i, uint64_t ext_tag);
+
+/* An index, one attached reader and room for max_targets answers. */
+struct t_pdx {
+	struct pdx x;
+	struct pdx_reader *r;
+	struct pdx_overlap *out;
+	uint32_t max_targets;
+};
+
+void t_pdx_open(struct t_pdx *t, uint32_t max_targets, uint32_t initial_blocks);
+void t_pdx_close(struct t_pdx *t);
+
+/* pdx_match() through the fixture's reader; t->out[0..ret) sorted by target, checked unique. */
+size_t t_match(struct t_pdx *t, const uint64_t *local, size_t n);
+
+/* Depth t_match() reported for @target, 0 when it was not reported. */
+uint32_t t_depth(const struct t_pdx *t, size_t nout, uint32_t target);
+
+/* Sort answers by target. */
+void t_sort_overlaps(struct pdx_overlap *a, size_t n);
+
+/* Current counters. */
+struct pdx_stats t_stats(const struct pdx *x);
+
+#endif
