@@ -15,6 +15,7 @@ _Static_assert(sizeof(struct pdx_stats) == sizeof(((struct pdx *)0)->stat),
 	       "struct pdx_stats and pdx.stat must have the same fields");
 _Static_assert(PDX_TARGETS_LIMIT <= UINT16_MAX + 1u, "holder sets store target ids as u16");
 
+/* Reader handles; their scratch space is allocated when a thread first attaches. */
 static int readers_init(struct pdx *x)
 {
 	x->readers = aligned_alloc(64, x->max_readers * sizeof(*x->readers));
@@ -22,19 +23,10 @@ static int readers_init(struct pdx *x)
 		return -ENOMEM;
 	memset(x->readers, 0, x->max_readers * sizeof(*x->readers));
 	for (uint32_t i = 0; i < x->max_readers; i++) {
-		struct pdx_reader *r = &x->readers[i];
-
-		atomic_init(&r->epoch, 0);
-		atomic_init(&r->attached, false);
-		r->x = x;
-		r->active = malloc(x->max_targets * sizeof(*r->active));
-		r->locals = malloc(PDX_MATCH_MAX_BLOCKS * sizeof(*r->locals));
-		if (!r->active || !r->locals)
-			return -ENOMEM;
+		atomic_init(&x->readers[i].epoch, 0);
+		atomic_init(&x->readers[i].attached, false);
+		x->readers[i].x = x;
 	}
-	pdx_stat_add(x, PDX_STAT(bytes),
-		     x->max_readers * (sizeof(struct pdx_reader) + x->max_targets * sizeof(uint16_t) +
-				       PDX_MATCH_MAX_BLOCKS * sizeof(uint64_t)));
 	return 0;
 }
 
@@ -75,15 +67,10 @@ int pdx_init(struct pdx *x, const struct pdx_config *cfg)
 	for (size_t i = 0; i < sizeof(x->stat) / sizeof(x->stat[0]); i++)
 		atomic_init(&x->stat[i], 0);
 
-	uint64_t slots = 64;
-
-	while (slots * 3 / 4 < c.initial_blocks)
-		slots <<= 1;
-
 	int err = pdx_init_parts(x);
 
 	if (!err)
-		err = pdx_table_init(x, slots);
+		err = pdx_table_init(x, c.initial_blocks);
 	if (err)
 		pdx_destroy(x);
 	return err;

@@ -19,6 +19,15 @@ int pdx_reader_attach(struct pdx *x, struct pdx_reader **out)
 							     memory_order_acq_rel,
 							     memory_order_relaxed))
 			continue;
+		/* Scratch stays with the handle after a detach, for the next thread to use. */
+		if (!r->active)
+			r->active = malloc(x->max_targets * sizeof(*r->active));
+		if (!r->locals)
+			r->locals = malloc(PDX_MATCH_MAX_BLOCKS * sizeof(*r->locals));
+		if (!r->active || !r->locals) {
+			pdx_reader_detach(r);
+			return -ENOMEM;
+		}
 		*out = r;
 		return 0;
 	}

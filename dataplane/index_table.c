@@ -1,7 +1,8 @@
 /*
- * The index's hash table: sequence hash -> entry index, open addressing with linear probing in
- * 16-byte slots (four per cache line). Readers probe it concurrently with the one writer; the
- * writer never resizes in place but builds a new table and swaps it in (R3/A3 in index_pvt.h).
+ * The index's hash table: sequence hash -> entry index, open addressing with linear probing
+ * over 8-byte slots (eight per cache line). Readers probe it concurrently with the one writer;
+ * the writer never resizes in place but builds a new table and swaps it in (R3/A3 in
+ * index_pvt.h).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -9,9 +10,19 @@
 
 #include "index.h"
 
-/* Grow (or rebuild to drop tombstones) once live + tombstones pass 3/4 of the slots. */
-#define TABLE_LOAD_NUM 3
-#define TABLE_LOAD_DEN 4
+/* Rebuild once live + tombstones pass 4/5 of the slots, to a size that is at most 5/8 full. */
+#define TABLE_MAX_LOAD(slots) ((slots) / 5 * 4)
+#define TABLE_ROOM(live) ((live) + (live) / 4 + 1)
+
+static inline uint64_t slot_word(uint64_t key, uint32_t idx)
+{
+	return (key & 0xFFFFFFFF00000000ull) | idx;
+}
+
+static inline uint32_t slot_idx(uint64_t word)
+{
+	return (uint32_t)word;
+}
 
 static inline uint64_t table_home(const struct pdx_table *t, uint64_t key)
 {
@@ -21,7 +32,7 @@ static inline uint64_t table_home(const struct pdx_table *t, uint64_t key)
 
 size_t pdx_table_bytes(uint64_t slots)
 {
-	return sizeof(struct pdx_table) + slots * sizeof(struct pdx_slot);
+	return sizeof(struct pdx_table) + slots * sizeof(uint64_t);
 }
 
 static struct pdx_table *table_new(uint64_t slots)
@@ -34,16 +45,23 @@ static struct pdx_table *table_new(uint64_t slots)
 	t->mask = slots - 1;
 	t->live = 0;
 	t->used = 0;
-	for (uint64_t i = 0; i < slots; i++) {
-		atomic_init(&t->slot[i].key, 0);
-		atomic_init(&t->slot[i].idx, PDX_SLOT_EMPTY);
-		t->slot[i].pad = 0;
-	}
+	for (uint64_t i = 0; i < slots; i++)
+		atomic_init(&t->slot[i], PDX_SLOT_EMPTY);
 	return t;
 }
 
-int pdx_table_init(struct pdx *x, uint64_t slots)
+static uint64_t table_slots_for(uint64_t min_slots, uint64_t live)
 {
+	uint64_t slots = min_slots;
+
+	while (TABLE_MAX_LOAD(slots) < TABLE_ROOM(live))
+		slots <<= 1;
+	return slots;
+}
+
+int pdx_table_init(struct pdx *x, uint64_t blocks)
+{
+	uint64_t slots = table_slots_for(64, blocks);
 	struct pdx_table *t = table_new(slots);
 
 	if (!t)
@@ -60,20 +78,15 @@ uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t
 	uint64_t pos = table_home(t, key);
 
 	for (uint64_t probes = 0; probes <= t->mask; probes++, pos = (pos + 1) & t->mask) {
-		const struct pdx_slot *s = &t->slot[pos];
-		/* A2: pairs with R2 in table_put(); the key and the entry are complete. */
-		uint32_t idx = atomic_load_explicit(&s->idx, memory_order_acquire);
+		/* A2: pairs with R2 in table_put(); the entry the slot names is complete. */
+		uint64_t word = atomic_load_explicit(&t->slot[pos], memory_order_acquire);
+		uint32_t idx = slot_idx(word);
 
 		if (idx == PDX_SLOT_EMPTY)
 			return PDX_NONE;
-		if (idx == PDX_SLOT_TOMB ||
-		    atomic_load_explicit(&s->key, memory_order_relaxed) != key)
+		if (idx == PDX_SLOT_TOMB || word != slot_word(key, idx))
 			continue;
-		/*
-		 * The slot may have been emptied and refilled between the two loads, pairing an
-		 * old index with a new key. Entry keys never change while a reader can see the
-		 * entry (it is retired, not reused), so checking it settles the question.
-		 */
+
 		struct pdx_chunk *c = pdx_chunk_of(x, idx);
 		uint32_t e = pdx_slot_of(idx);
 
@@ -81,6 +94,10 @@ uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t
 		__builtin_prefetch(&c->holders[e]);
 		__builtin_prefetch(&c->span[e]);
 		__builtin_prefetch(&c->acc[e]);
+		/*
+		 * The slot holds half the key. The entry holds all of it, and never changes it
+		 * while a reader can see it (it is retired, not reused), so this settles it.
+		 */
 		if (atomic_load_explicit(&c->key[e], memory_order_relaxed) == key)
 			return idx;
 	}
@@ -98,41 +115,36 @@ static void table_put(struct pdx_table *t, uint64_t key, uint32_t idx)
 	uint64_t pos = table_home(t, key);
 
 	for (;;) {
-		struct pdx_slot *s = &t->slot[pos];
-		/* Relaxed: the writer is the only one storing slot indices. */
-		uint32_t cur = atomic_load_explicit(&s->idx, memory_order_relaxed);
+		/* Relaxed: the writer is the only one storing slots. */
+		uint32_t cur = slot_idx(atomic_load_explicit(&t->slot[pos], memory_order_relaxed));
 
 		if (cur == PDX_SLOT_EMPTY || cur == PDX_SLOT_TOMB) {
 			if (cur == PDX_SLOT_EMPTY)
 				t->used++;
 			t->live++;
-			atomic_store_explicit(&s->key, key, memory_order_relaxed);
-			/* R2: publish the slot after its key; pairs with A2 in pdx_table_find(). */
-			atomic_store_explicit(&s->idx, idx, memory_order_release);
+			/* R2: publish the slot; pairs with A2 in pdx_table_find(). */
+			atomic_store_explicit(&t->slot[pos], slot_word(key, idx),
+					      memory_order_release);
 			return;
 		}
 		pos = (pos + 1) & t->mask;
 	}
 }
 
-/* Writer: copy the live slots into a table sized for twice as many, publish it, retire the old. */
+/* Writer: copy the live slots into a table sized for them, publish it, retire the old one. */
 static int table_rebuild(struct pdx *x, struct pdx_table *old)
 {
-	uint64_t slots = x->min_table_slots;
-
-	while (slots * TABLE_LOAD_NUM / TABLE_LOAD_DEN < (old->live + 1) * 2)
-		slots <<= 1;
-
+	uint64_t slots = table_slots_for(x->min_table_slots, old->live + 1);
 	struct pdx_table *t = table_new(slots);
 
 	if (!t)
 		return -ENOMEM;
 	for (uint64_t i = 0; i <= old->mask; i++) {
-		uint32_t idx = atomic_load_explicit(&old->slot[i].idx, memory_order_relaxed);
+		uint32_t idx = slot_idx(atomic_load_explicit(&old->slot[i], memory_order_relaxed));
 
 		if (idx != PDX_SLOT_EMPTY && idx != PDX_SLOT_TOMB)
-			table_put(t, atomic_load_explicit(&old->slot[i].key, memory_order_relaxed),
-				  idx);
+			table_put(t, atomic_load_explicit(&pdx_chunk_of(x, idx)->key[pdx_slot_of(idx)],
+							  memory_order_relaxed), idx);
 	}
 	if (pdx_retire(x, PDX_RETIRED_TABLE, 0, old) < 0) {
 		free(t);
@@ -150,7 +162,7 @@ int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx)
 {
 	struct pdx_table *t = atomic_load_explicit(&x->table, memory_order_relaxed);
 
-	if ((t->used + 1) * TABLE_LOAD_DEN > (t->mask + 1) * TABLE_LOAD_NUM) {
+	if (t->used + 1 > TABLE_MAX_LOAD(t->mask + 1)) {
 		int err = table_rebuild(x, t);
 
 		if (err)
@@ -167,17 +179,16 @@ void pdx_table_delete(struct pdx *x, uint64_t key, uint32_t idx)
 	uint64_t pos = table_home(t, key);
 
 	for (uint64_t probes = 0; probes <= t->mask; probes++, pos = (pos + 1) & t->mask) {
-		struct pdx_slot *s = &t->slot[pos];
-		uint32_t cur = atomic_load_explicit(&s->idx, memory_order_relaxed);
+		uint32_t cur = slot_idx(atomic_load_explicit(&t->slot[pos], memory_order_relaxed));
 
 		if (cur == PDX_SLOT_EMPTY)
 			return;
 		if (cur == idx) {
 			/*
 			 * Relaxed: a tombstone publishes nothing. A reader still seeing the old
-			 * index finds a retired entry, which stays readable until it leaves.
+			 * word finds a retired entry, which stays readable until it leaves.
 			 */
-			atomic_store_explicit(&s->idx, PDX_SLOT_TOMB, memory_order_relaxed);
+			atomic_store_explicit(&t->slot[pos], PDX_SLOT_TOMB, memory_order_relaxed);
 			t->live--;
 			return;
 		}
