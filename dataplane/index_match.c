@@ -46,24 +46,18 @@ static void reader_leave(struct pdx_reader *r)
 	atomic_store_explicit(&r->epoch, 0, memory_order_release);
 }
 
-/* Sum of the run-sum terms of blocks [from, from + n) of the prompt (pdx_term()). */
+/*
+ * Sum of the run-sum terms of blocks [from, from + n) of the prompt (pdx_term()). A plain
+ * loop: the terms are independent, so it pipelines, and compilers vectorise it where the
+ * target has a 64-bit vector multiply (-Dnative=true on AVX-512 machines).
+ */
 static uint64_t sum_terms(const uint64_t *local, size_t from, size_t n)
 {
-	const uint64_t step = PDX_TERM_DEPTH;
-	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-	uint64_t d = from * step;
-	size_t i = 0;
+	uint64_t sum = 0;
 
-	/* Four independent sums, so the multiplies of four blocks are in flight together. */
-	for (; i + 4 <= n; i += 4, d += 4 * step) {
-		s0 += pdx_term_at(local[from + i], d);
-		s1 += pdx_term_at(local[from + i + 1], d + step);
-		s2 += pdx_term_at(local[from + i + 2], d + 2 * step);
-		s3 += pdx_term_at(local[from + i + 3], d + 3 * step);
-	}
-	for (; i < n; i++, d += step)
-		s0 += pdx_term_at(local[from + i], d);
-	return s0 + s1 + s2 + s3;
+	for (size_t i = from; i < from + n; i++)
+		sum += pdx_term_at(local[i], i * PDX_TERM_DEPTH);
+	return sum;
 }
 
 /*

@@ -90,13 +90,14 @@ struct pdx_chunk_meta {
 
 /*
  * A table slot is one 64-bit word, so readers never see half of one: the entry index in the
- * low half, the top 32 bits of the key in the high half (the entry holds the full key).
+ * low half, the top 32 bits of the mixed key in the high half (the entry holds the full key).
  */
 #define PDX_SLOT_EMPTY UINT32_MAX
 #define PDX_SLOT_TOMB (UINT32_MAX - 1)
 
 struct pdx_table {
 	uint64_t mask;
+	uint32_t shift; /* 64 - log2(slots): the home slot is the mixed key's top bits */
 	uint64_t live; /* writer-only */
 	uint64_t used; /* writer-only: live + tombstones */
 	alignas(64) _Atomic uint64_t slot[];

@@ -14,9 +14,19 @@
 #define TABLE_MAX_LOAD(slots) ((slots) / 5 * 4)
 #define TABLE_ROOM(live) ((live) + (live) / 4 + 1)
 
+/*
+ * Keys are hashes, but workers choose local hashes: mix them so no one can aim at a bucket.
+ * The top bits of the mix pick the home slot and its top 32 bits go into the slot beside the
+ * entry index, so a rebuild finds every home without reading a single entry.
+ */
+static inline uint64_t key_mix(uint64_t key)
+{
+	return key * 0x9E3779B97F4A7C15ull;
+}
+
 static inline uint64_t slot_word(uint64_t key, uint32_t idx)
 {
-	return (key & 0xFFFFFFFF00000000ull) | idx;
+	return (key_mix(key) & 0xFFFFFFFF00000000ull) | idx;
 }
 
 static inline uint32_t slot_idx(uint64_t word)
@@ -26,8 +36,13 @@ static inline uint32_t slot_idx(uint64_t word)
 
 static inline uint64_t table_home(const struct pdx_table *t, uint64_t key)
 {
-	/* Keys are hashes, but workers choose local hashes: mix so no one can aim at a bucket. */
-	return (key * 0x9E3779B97F4A7C15ull) >> 20 & t->mask;
+	return key_mix(key) >> t->shift;
+}
+
+/* Home of the key a slot word was made from: its top bits are the mix's. */
+static inline uint64_t word_home(const struct pdx_table *t, uint64_t word)
+{
+	return word >> t->shift;
 }
 
 size_t pdx_table_bytes(uint64_t slots)
@@ -43,10 +58,11 @@ static struct pdx_table *table_new(uint64_t slots)
 	if (!t)
 		return NULL;
 	t->mask = slots - 1;
+	t->shift = 64 - (uint32_t)__builtin_ctzll(slots);
 	t->live = 0;
 	t->used = 0;
-	for (uint64_t i = 0; i < slots; i++)
-		atomic_init(&t->slot[i], PDX_SLOT_EMPTY);
+	/* All ones: an empty index (and a tag nothing is compared with). Not yet shared. */
+	memset(t->slot, 0xff, slots * sizeof(t->slot[0]));
 	return t;
 }
 
@@ -109,12 +125,10 @@ void pdx_table_prefetch(const struct pdx_table *t, uint64_t key)
 	__builtin_prefetch(&t->slot[table_home(t, key)]);
 }
 
-/* Writer: place key -> idx in the first empty or dead slot of its probe run. */
-static void table_put(struct pdx_table *t, uint64_t key, uint32_t idx)
+/* Writer: place a slot word in the first empty or dead slot from @pos on. */
+static void table_put(struct pdx_table *t, uint64_t pos, uint64_t word)
 {
-	uint64_t pos = table_home(t, key);
-
-	for (;;) {
+	for (;; pos = (pos + 1) & t->mask) {
 		/* Relaxed: the writer is the only one storing slots. */
 		uint32_t cur = slot_idx(atomic_load_explicit(&t->slot[pos], memory_order_relaxed));
 
@@ -123,11 +137,9 @@ static void table_put(struct pdx_table *t, uint64_t key, uint32_t idx)
 				t->used++;
 			t->live++;
 			/* R2: publish the slot; pairs with A2 in pdx_table_find(). */
-			atomic_store_explicit(&t->slot[pos], slot_word(key, idx),
-					      memory_order_release);
+			atomic_store_explicit(&t->slot[pos], word, memory_order_release);
 			return;
 		}
-		pos = (pos + 1) & t->mask;
 	}
 }
 
@@ -140,11 +152,11 @@ static int table_rebuild(struct pdx *x, struct pdx_table *old)
 	if (!t)
 		return -ENOMEM;
 	for (uint64_t i = 0; i <= old->mask; i++) {
-		uint32_t idx = slot_idx(atomic_load_explicit(&old->slot[i], memory_order_relaxed));
+		uint64_t word = atomic_load_explicit(&old->slot[i], memory_order_relaxed);
+		uint32_t idx = slot_idx(word);
 
 		if (idx != PDX_SLOT_EMPTY && idx != PDX_SLOT_TOMB)
-			table_put(t, atomic_load_explicit(&pdx_chunk_of(x, idx)->key[pdx_slot_of(idx)],
-							  memory_order_relaxed), idx);
+			table_put(t, word_home(t, word), word);
 	}
 	if (pdx_retire(x, PDX_RETIRED_TABLE, 0, old) < 0) {
 		free(t);
@@ -169,7 +181,7 @@ int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx)
 			return err;
 		t = atomic_load_explicit(&x->table, memory_order_relaxed);
 	}
-	table_put(t, key, idx);
+	table_put(t, table_home(t, key), slot_word(key, idx));
 	return 0;
 }
 
