@@ -125,24 +125,33 @@ void pdx_entry_free_slot(struct pdx *x, uint32_t idx)
 	x->free_slots++;
 }
 
+/*
+ * Free entry @idx, which no target holds any more. The caller has reserved one table slot:
+ * the child in the next slot, if any, loses its parent and becomes the head of its run.
+ */
 void pdx_entry_release(struct pdx *x, uint32_t idx)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, idx);
 	uint32_t s = pdx_slot_of(idx);
+	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
-	pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
+	if (!(h & PDX_CONT))
+		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
 	/*
-	 * The child in the next slot loses its parent: clear its PDX_CONT before this slot can be
-	 * reused. Relaxed: a reader seeing the old bit still reads the old, retired parent, and a
-	 * reader that reaches a later tenant of this slot does so through R1 or R2, which come
-	 * after this store.
+	 * The orphan goes into the table before it loses PDX_CONT, so the two ways to it never
+	 * both fail. Relaxed clear: a reader seeing the old bit still reads the old, retired
+	 * parent, and one that reaches a later tenant of this slot does so through R1 or R2,
+	 * which come after this store.
 	 */
 	if (s + 1 < PDX_CHUNK_SLOTS) {
-		uintptr_t h = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+		uintptr_t child = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
 
-		if (h & PDX_CONT)
-			atomic_store_explicit(&c->holders[s + 1], h & ~PDX_CONT,
+		if (child & PDX_CONT) {
+			pdx_table_insert(x, atomic_load_explicit(&c->key[s + 1],
+								 memory_order_relaxed), idx + 1);
+			atomic_store_explicit(&c->holders[s + 1], child & ~PDX_CONT,
 					      memory_order_relaxed);
+		}
 	}
 	/* Relaxed: an empty holders word publishes nothing; readers treat it as absent. */
 	atomic_store_explicit(&c->holders[s], 0, memory_order_relaxed);

@@ -114,6 +114,25 @@ static bool fits_after(struct pdx *x, uint32_t prev, uint32_t e, uint64_t local)
 		       child_term(x, prev, local);
 }
 
+/*
+ * The entry of the child of @prev with this @local hash and sequence hash @key, or PDX_NONE:
+ * in the slot after @prev when it carries PDX_CONT (such entries are not in the table), else
+ * a run head in the table.
+ */
+static uint32_t find_child(struct pdx *x, uint32_t prev, uint64_t key, uint64_t local)
+{
+	if (prev != PDX_NONE && pdx_slot_of(prev) + 1 < PDX_CHUNK_SLOTS) {
+		const struct pdx_chunk *c = pdx_chunk_of(x, prev + 1);
+
+		if ((atomic_load_explicit(&c->holders[pdx_slot_of(prev + 1)],
+					  memory_order_relaxed) & PDX_CONT) &&
+		    fits_after(x, prev, prev + 1, local))
+			return prev + 1;
+	}
+	/* Relaxed: the writer itself stored the table pointer. */
+	return pdx_table_find(x, atomic_load_explicit(&x->table, memory_order_relaxed), key);
+}
+
 /* Put @target on entry @e (the block after @prev); returns 0 or -ENOMEM. */
 static int hold_existing(struct pdx *x, uint32_t e, uint32_t prev, uint64_t local,
 			 uint32_t target)
@@ -123,22 +142,27 @@ static int hold_existing(struct pdx *x, uint32_t e, uint32_t prev, uint64_t loca
 	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
 	struct pdx_set *set = pdx_set_with(x, old, target);
+	bool joins_run = !(h & PDX_CONT) && fits_after(x, prev, e, local);
 
 	if (!set)
 		return -ENOMEM;
-	/* Found right after its parent (a re-store): let readers walk into it. */
-	if (!(h & PDX_CONT) && fits_after(x, prev, e, local))
-		h |= PDX_CONT;
 	set->refs++;
 	/* R1: the new set is complete; pairs with A1 in the reader. */
-	atomic_store_explicit(&c->holders[s], (uintptr_t)set | (h & PDX_CONT),
+	atomic_store_explicit(&c->holders[s],
+			      (uintptr_t)set | (h & PDX_CONT) | (joins_run ? PDX_CONT : 0),
 			      memory_order_release);
+	/* A head found right after its parent (a re-store): reachable from it from now on. */
+	if (joins_run)
+		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), e);
 	pdx_set_unref(x, old);
 	pdx_entry_touch(x, e);
 	return 0;
 }
 
-/* Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM). */
+/*
+ * Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM).
+ * A run head goes into the table, whose room the event reserved.
+ */
 static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t prev,
 			 uint32_t target)
 {
@@ -156,13 +180,11 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t p
 	*depth_of(x, e) = prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1;
 	if (cont)
 		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
-	/* Relaxed: published by R2 (table) and R1 (holders) below. */
+	/* Relaxed: published by R2 (table) or R1 (holders) below. */
 	atomic_store_explicit(&c->key[s], key, memory_order_relaxed);
 	atomic_store_explicit(&c->acc[s], acc, memory_order_relaxed);
-	if (pdx_table_insert(x, key, e)) {
-		pdx_entry_free_slot(x, e); /* never published: no reader saw it */
-		return PDX_NONE;
-	}
+	if (!cont)
+		pdx_table_insert(x, key, e);
 	set->refs++;
 	/* R1: key and acc are written; pairs with A1 in the reader. */
 	atomic_store_explicit(&c->holders[s], (uintptr_t)set | (cont ? PDX_CONT : 0),
@@ -224,9 +246,7 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 			prev = known;
 			continue;
 		}
-		/* Relaxed: the writer itself stored the table pointer. */
-		uint32_t e = pdx_table_find(x, atomic_load_explicit(&x->table, memory_order_relaxed),
-					    key);
+		uint32_t e = find_child(x, prev, key, blocks[j].local_hash);
 
 		if (e == PDX_NONE) {
 			e = hold_new(x, key, blocks[j].local_hash, prev, target);
@@ -275,7 +295,7 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 					   memory_order_relaxed);
 	}
 	if (n > UINT32_MAX || pdx_idmap_reserve(x, map, (uint32_t)n) ||
-	    event_keys(x, parent_ext != NULL, key, blocks, n))
+	    pdx_table_reserve(x, n) || event_keys(x, parent_ext != NULL, key, blocks, n))
 		return -ENOMEM;
 
 	long applied = store_blocks(x, target, prev, blocks, n);
@@ -340,6 +360,9 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 	struct pdx_idmap *map = &x->targets[target].map;
 	long removed = 0;
 
+	/* Each freed entry may leave an orphan that needs a table slot. */
+	if (pdx_table_reserve(x, n))
+		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
 		/* Two stages ahead: the id-map slot, then (once that is near) the entry. */
 		if (j + 2 * WRITE_AHEAD < n)
@@ -372,6 +395,9 @@ long pdx_clear(struct pdx *x, uint32_t target)
 	struct pdx_idmap *map = &x->targets[target].map;
 	long removed = 0;
 
+	/* Each freed entry may leave an orphan that needs a table slot. */
+	if (pdx_table_reserve(x, map->live))
+		return -ENOMEM;
 	for (uint32_t i = 0; map->idx && i <= map->mask; i++) {
 		uint32_t e = map->idx[i];
 

@@ -6,8 +6,9 @@
  *             slots stored as parallel arrays (key, acc, holders, span), so a walk reads only
  *             what it needs.
  *             Chunks never move; a slot is named by a u32 index.
- *   table     open addressing, linear probing: sequence hash -> entry index. Replaced whole
- *             (never resized in place) when it fills up.
+ *   table     open addressing, linear probing: sequence hash -> entry index of every entry
+ *             that does not carry PDX_CONT (the head of a run); the rest are found next to
+ *             their parent. Replaced whole (never resized in place) when it fills up.
  *   holders   immutable sorted sets of target ids, interned: every entry held by the same targets
  *             points to the same set, so a block held by one target costs one pointer, and a
  *             reader walking a prompt compares pointers until the set changes.
@@ -238,7 +239,8 @@ static inline const struct pdx_set *pdx_set_of(uintptr_t holders)
 int pdx_table_init(struct pdx *x, uint64_t blocks);
 uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t key);
 void pdx_table_prefetch(const struct pdx_table *t, uint64_t key);
-int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx);
+int pdx_table_reserve(struct pdx *x, uint64_t more);
+void pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx);
 void pdx_table_delete(struct pdx *x, uint64_t key, uint32_t idx);
 size_t pdx_table_bytes(uint64_t slots);
 

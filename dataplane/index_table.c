@@ -143,10 +143,13 @@ static void table_put(struct pdx_table *t, uint64_t pos, uint64_t word)
 	}
 }
 
-/* Writer: copy the live slots into a table sized for them, publish it, retire the old one. */
-static int table_rebuild(struct pdx *x, struct pdx_table *old)
+/*
+ * Writer: copy the live slots into a table with room for @more, publish it, retire the old
+ * one. Tombstones are dropped on the way, so a table that only churns stays the same size.
+ */
+static int table_rebuild(struct pdx *x, struct pdx_table *old, uint64_t more)
 {
-	uint64_t slots = table_slots_for(x->min_table_slots, old->live + 1);
+	uint64_t slots = table_slots_for(x->min_table_slots, old->live + more);
 	struct pdx_table *t = table_new(slots);
 
 	if (!t)
@@ -170,19 +173,21 @@ static int table_rebuild(struct pdx *x, struct pdx_table *old)
 	return 0;
 }
 
-int pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx)
+int pdx_table_reserve(struct pdx *x, uint64_t more)
 {
 	struct pdx_table *t = atomic_load_explicit(&x->table, memory_order_relaxed);
 
-	if (t->used + 1 > TABLE_MAX_LOAD(t->mask + 1)) {
-		int err = table_rebuild(x, t);
+	if (t->used + more <= TABLE_MAX_LOAD(t->mask + 1))
+		return 0;
+	return table_rebuild(x, t, more);
+}
 
-		if (err)
-			return err;
-		t = atomic_load_explicit(&x->table, memory_order_relaxed);
-	}
+void pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx)
+{
+	/* Relaxed: the writer itself stored the table pointer. */
+	struct pdx_table *t = atomic_load_explicit(&x->table, memory_order_relaxed);
+
 	table_put(t, table_home(t, key), slot_word(key, idx));
-	return 0;
 }
 
 void pdx_table_delete(struct pdx *x, uint64_t key, uint32_t idx)

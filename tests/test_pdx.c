@@ -842,7 +842,8 @@ Test(pdx, table_grows_past_initial_blocks_and_keeps_every_entry)
 
 	cr_expect_eq(s.entries, PROMPTS * N);
 	cr_expect_gt(s.table_grows, 0);
-	cr_expect_geq(s.table_slots, PROMPTS * N);
+	/* Only run heads (here every block 0) are in the table; the rest follow their parent. */
+	cr_expect_geq(s.table_slots, PROMPTS);
 	for (uint32_t i = 0; i < PROMPTS; i++) {
 		prompt_init(&p, 5000 + i, N);
 
