@@ -10,7 +10,7 @@
 #include "index.h"
 
 /* A chunk is worth continuing in while at least this many of its slots are free. */
-#define CHUNK_ROOMY (PDX_CHUNK_SLOTS / 8)
+#define CHUNK_ROOMY (PDX_CHUNK_SLOTS / 64)
 
 static bool slot_is_free(const struct pdx *x, uint32_t idx)
 {

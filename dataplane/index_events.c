@@ -232,7 +232,8 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 		store_warm(x, map, blocks, j);
 	for (size_t j = 0; j < n; j++) {
 		uint64_t key = x->keys[j];
-		uint32_t known = pdx_idmap_get(map, blocks[j].ext_id);
+		uint32_t pos;
+		uint32_t known = pdx_idmap_find(map, blocks[j].ext_id, &pos);
 
 		if (j + WRITE_AHEAD < n)
 			store_warm(x, map, blocks, j + WRITE_AHEAD);
@@ -262,7 +263,7 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 		} else if (hold_existing(x, e, prev, blocks[j].local_hash, target)) {
 			return -ENOMEM;
 		}
-		pdx_idmap_put(map, blocks[j].ext_id, e);
+		pdx_idmap_put_at(map, pos, blocks[j].ext_id, e);
 		pdx_stat_add(x, PDX_STAT(blocks_stored), 1);
 		applied++;
 		prev = e;
@@ -398,7 +399,7 @@ long pdx_clear(struct pdx *x, uint32_t target)
 	/* Each freed entry may leave an orphan that needs a table slot. */
 	if (pdx_table_reserve(x, map->live))
 		return -ENOMEM;
-	for (uint32_t i = 0; map->idx && i <= map->mask; i++) {
+	for (uint32_t i = 0; i < map->slots; i++) {
 		uint32_t e = map->idx[i];
 
 		if (e == PDX_SLOT_EMPTY || e == PDX_SLOT_TOMB)

@@ -1,21 +1,39 @@
 /*
  * Per-target maps from an engine's external block id to the index entry it names, so REMOVED
  * events (which carry only external ids) can be applied. Linear probing over two parallel
- * arrays; writer only, so no atomics.
+ * arrays; writer only, so no atomics. There is one (ext, entry) pair per block a target holds,
+ * more than there are entries, so the maps are kept full: any size, not a power of two, and
+ * between 60% and 90% used.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "index.h"
 
-/* Rebuild at 7/8 full (tombstones included): writer-only, a longer probe costs little. */
-#define IDMAP_LOAD_NUM 7
-#define IDMAP_LOAD_DEN 8
-#define IDMAP_MIN_SLOTS 64u
+#define IDMAP_MIN_SLOTS 16u
+
+/* Rebuild past 9/10 used (tombstones included), to 6/10 live. */
+static bool idmap_full(uint64_t used, uint64_t slots)
+{
+	return used * 10 > slots * 9;
+}
+
+static uint64_t idmap_slots_for(uint64_t live)
+{
+	uint64_t slots = live * 10 / 6 + 1;
+
+	return slots < IDMAP_MIN_SLOTS ? IDMAP_MIN_SLOTS : slots;
+}
 
 static inline uint32_t idmap_home(const struct pdx_idmap *m, uint64_t ext)
 {
-	return (uint32_t)((ext * 0x9E3779B97F4A7C15ull) >> 32) & m->mask;
+	/* The mix's top 32 bits scaled to [0, slots): no modulo, any size. */
+	return (uint32_t)(((ext * 0x9E3779B97F4A7C15ull) >> 32) * m->slots >> 32);
+}
+
+static inline uint32_t idmap_next(const struct pdx_idmap *m, uint32_t pos)
+{
+	return pos + 1 == m->slots ? 0 : pos + 1;
 }
 
 static size_t idmap_bytes(uint32_t slots)
@@ -23,16 +41,30 @@ static size_t idmap_bytes(uint32_t slots)
 	return (size_t)slots * (sizeof(uint64_t) + sizeof(uint32_t));
 }
 
-uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext)
+uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos)
 {
+	uint32_t free_pos = UINT32_MAX;
+
 	if (!m->idx)
 		return PDX_NONE;
-	for (uint32_t pos = idmap_home(m, ext);; pos = (pos + 1) & m->mask) {
-		if (m->idx[pos] == PDX_SLOT_EMPTY)
+	for (uint32_t p = idmap_home(m, ext);; p = idmap_next(m, p)) {
+		if (m->idx[p] == PDX_SLOT_EMPTY) {
+			if (pos)
+				*pos = free_pos == UINT32_MAX ? p : free_pos;
 			return PDX_NONE;
-		if (m->idx[pos] != PDX_SLOT_TOMB && m->ext[pos] == ext)
-			return m->idx[pos];
+		}
+		if (m->idx[p] == PDX_SLOT_TOMB) {
+			if (free_pos == UINT32_MAX)
+				free_pos = p;
+		} else if (m->ext[p] == ext) {
+			return m->idx[p];
+		}
 	}
+}
+
+uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext)
+{
+	return pdx_idmap_find(m, ext, NULL);
 }
 
 void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext)
@@ -45,13 +77,8 @@ void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext)
 	}
 }
 
-/* Insert without checks: the caller knows @ext is absent and a free slot exists. */
-void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
+void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx)
 {
-	uint32_t pos = idmap_home(m, ext);
-
-	while (m->idx[pos] != PDX_SLOT_EMPTY && m->idx[pos] != PDX_SLOT_TOMB)
-		pos = (pos + 1) & m->mask;
 	if (m->idx[pos] == PDX_SLOT_EMPTY)
 		m->used++;
 	m->live++;
@@ -59,14 +86,22 @@ void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
 	m->idx[pos] = idx;
 }
 
-static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint32_t want)
+void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
 {
-	uint32_t slots = IDMAP_MIN_SLOTS;
+	uint32_t pos;
 
-	while ((uint64_t)slots * IDMAP_LOAD_NUM / IDMAP_LOAD_DEN < (uint64_t)want * 3 / 2)
-		slots <<= 1;
+	pdx_idmap_find(m, ext, &pos);
+	pdx_idmap_put_at(m, pos, ext, idx);
+}
 
-	struct pdx_idmap n = {.mask = slots - 1};
+static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint64_t want)
+{
+	uint64_t slots = idmap_slots_for(want);
+
+	if (slots >= PDX_SLOT_TOMB)
+		return -ENOMEM;
+
+	struct pdx_idmap n = {.slots = (uint32_t)slots};
 
 	n.ext = malloc(slots * sizeof(*n.ext));
 	n.idx = malloc(slots * sizeof(*n.idx));
@@ -75,13 +110,13 @@ static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint32_t want)
 		free(n.idx);
 		return -ENOMEM;
 	}
-	for (uint32_t i = 0; i < slots; i++)
+	for (uint32_t i = 0; i < n.slots; i++)
 		n.idx[i] = PDX_SLOT_EMPTY;
-	for (uint32_t i = 0; m->idx && i <= m->mask; i++)
+	for (uint32_t i = 0; i < m->slots; i++)
 		if (m->idx[i] != PDX_SLOT_EMPTY && m->idx[i] != PDX_SLOT_TOMB)
 			pdx_idmap_put(&n, m->ext[i], m->idx[i]);
 	pdx_idmap_free(x, m);
-	pdx_stat_add(x, PDX_STAT(bytes), idmap_bytes(slots));
+	pdx_stat_add(x, PDX_STAT(bytes), idmap_bytes(n.slots));
 	*m = n;
 	return 0;
 }
@@ -89,18 +124,16 @@ static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint32_t want)
 /* Make room for @more insertions, so that applying an event cannot fail half way. */
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more)
 {
-	uint64_t slots = m->idx ? (uint64_t)m->mask + 1 : 0;
-
-	if (((uint64_t)m->used + more) * IDMAP_LOAD_DEN <= slots * IDMAP_LOAD_NUM)
+	if (m->idx && !idmap_full((uint64_t)m->used + more, m->slots))
 		return 0;
-	return idmap_rebuild(x, m, m->live + more);
+	return idmap_rebuild(x, m, (uint64_t)m->live + more);
 }
 
 uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext)
 {
 	if (!m->idx)
 		return PDX_NONE;
-	for (uint32_t pos = idmap_home(m, ext);; pos = (pos + 1) & m->mask) {
+	for (uint32_t pos = idmap_home(m, ext);; pos = idmap_next(m, pos)) {
 		uint32_t idx = m->idx[pos];
 
 		if (idx == PDX_SLOT_EMPTY)
@@ -116,7 +149,7 @@ uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext)
 void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m)
 {
 	if (m->idx)
-		pdx_stat_add(x, PDX_STAT(bytes), -(uint64_t)idmap_bytes(m->mask + 1));
+		pdx_stat_add(x, PDX_STAT(bytes), -(uint64_t)idmap_bytes(m->slots));
 	free(m->ext);
 	free(m->idx);
 	*m = (struct pdx_idmap){0};

@@ -108,7 +108,7 @@ struct pdx_table {
 struct pdx_idmap {
 	uint64_t *ext;
 	uint32_t *idx; /* PDX_SLOT_EMPTY / PDX_SLOT_TOMB as in the table */
-	uint32_t mask;
+	uint32_t slots;
 	uint32_t live;
 	uint32_t used;
 };
@@ -267,10 +267,14 @@ void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
 void pdx_spans_update(struct pdx *x);
 
 /* idmap.c */
+/* Entry named by @ext, or PDX_NONE and (if @pos) the slot where pdx_idmap_put_at() puts it. */
+uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos);
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
 void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext);
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
+/* Insert an absent @ext; room must have been reserved with pdx_idmap_reserve(). */
 void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx);
+void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx);
 uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext);
 void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m);
 
