@@ -35,14 +35,20 @@ static int chunk_add(struct pdx *x)
 	if (x->nchunks == PDX_MAX_CHUNKS)
 		return -ENOMEM;
 
-	struct pdx_chunk *c = aligned_alloc(64, sizeof(*c));
+	uint32_t slab = x->nchunks / PDX_SLAB_CHUNKS;
+
+	if (x->nchunks % PDX_SLAB_CHUNKS == 0) {
+		x->slabs[slab] = pdx_huge_alloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+		if (!x->slabs[slab])
+			return -ENOMEM;
+		pdx_stat_add(x, PDX_STAT(bytes), PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+	}
+
+	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];
 	uint32_t *depth = malloc(PDX_CHUNK_SLOTS * sizeof(*depth));
 
-	if (!c || !depth) {
-		free(c);
-		free(depth);
+	if (!depth)
 		return -ENOMEM;
-	}
 	for (uint32_t i = 0; i < PDX_CHUNK_SLOTS; i++) {
 		atomic_init(&c->key[i], 0);
 		atomic_init(&c->acc[i], 0);
@@ -56,7 +62,7 @@ static int chunk_add(struct pdx *x)
 	atomic_store_explicit(&x->chunk[x->nchunks], c, memory_order_relaxed);
 	x->alloc_chunk = x->nchunks++;
 	x->free_slots += PDX_CHUNK_SLOTS;
-	pdx_stat_add(x, PDX_STAT(bytes), sizeof(*c) + PDX_CHUNK_SLOTS * sizeof(*depth));
+	pdx_stat_add(x, PDX_STAT(bytes), PDX_CHUNK_SLOTS * sizeof(*depth));
 	return 0;
 }
 
@@ -231,10 +237,12 @@ void pdx_spans_update(struct pdx *x)
 
 void pdx_entries_destroy(struct pdx *x)
 {
-	for (uint32_t i = 0; i < x->nchunks; i++) {
-		free(atomic_load_explicit(&x->chunk[i], memory_order_relaxed));
+	for (uint32_t i = 0; i < x->nchunks; i++)
 		free(x->meta[i].depth);
-	}
+	for (uint32_t i = 0; i < x->nchunks; i += PDX_SLAB_CHUNKS)
+		pdx_huge_free(x->slabs[i / PDX_SLAB_CHUNKS],
+			      PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+	free(x->slabs);
 	free(x->chunk);
 	free(x->meta);
 }

@@ -78,7 +78,7 @@ static void retired_free(struct pdx *x, const struct pdx_retired *r)
 	case PDX_RETIRED_TABLE:
 		pdx_stat_add(x, PDX_STAT(bytes),
 			     -(uint64_t)pdx_table_bytes(((struct pdx_table *)r->ptr)->mask + 1));
-		free(r->ptr);
+		pdx_table_free(r->ptr);
 		break;
 	}
 }

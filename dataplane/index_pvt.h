@@ -156,6 +156,9 @@ struct pdx_dirty {
 	uint32_t lo, hi; /* entry indices, same chunk */
 };
 
+/* Chunks are carved out of slabs of huge pages (pdx_huge_alloc()). */
+#define PDX_SLAB_CHUNKS 19
+
 struct pdx {
 	/* Shared with readers. */
 	_Atomic(struct pdx_table *) table;
@@ -169,6 +172,7 @@ struct pdx {
 	alignas(64) struct pdx_chunk_meta *meta;
 	uint32_t nchunks;
 	uint32_t alloc_chunk; /* where allocation continues */
+	struct pdx_chunk **slabs;  /* one per PDX_SLAB_CHUNKS chunks */
 	uint64_t free_slots;  /* over all chunks */
 	struct pdx_target_state *targets;
 	struct pdx_set **intern; /* buckets by sum */
@@ -235,7 +239,12 @@ static inline const struct pdx_set *pdx_set_of(uintptr_t holders)
 	return (const struct pdx_set *)(holders & ~PDX_CONT);
 }
 
+/* index.c */
+void *pdx_huge_alloc(size_t bytes);
+void pdx_huge_free(void *p, size_t bytes);
+
 /* table.c */
+void pdx_table_free(struct pdx_table *t);
 int pdx_table_init(struct pdx *x, uint64_t blocks);
 uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t key);
 void pdx_table_prefetch(const struct pdx_table *t, uint64_t key);

@@ -52,8 +52,7 @@ size_t pdx_table_bytes(uint64_t slots)
 
 static struct pdx_table *table_new(uint64_t slots)
 {
-	size_t bytes = pdx_table_bytes(slots);
-	struct pdx_table *t = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+	struct pdx_table *t = pdx_huge_alloc(pdx_table_bytes(slots));
 
 	if (!t)
 		return NULL;
@@ -73,6 +72,12 @@ static uint64_t table_slots_for(uint64_t min_slots, uint64_t live)
 	while (TABLE_MAX_LOAD(slots) < TABLE_ROOM(live))
 		slots <<= 1;
 	return slots;
+}
+
+void pdx_table_free(struct pdx_table *t)
+{
+	if (t)
+		pdx_huge_free(t, pdx_table_bytes(t->mask + 1));
 }
 
 int pdx_table_init(struct pdx *x, uint64_t blocks)
@@ -162,7 +167,7 @@ static int table_rebuild(struct pdx *x, struct pdx_table *old, uint64_t more)
 			table_put(t, word_home(t, word), word);
 	}
 	if (pdx_retire(x, PDX_RETIRED_TABLE, 0, old) < 0) {
-		free(t);
+		pdx_table_free(t);
 		return -ENOMEM;
 	}
 	/* R3: the new table is filled; pairs with A3 where readers load x->table. */
