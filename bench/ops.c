@@ -76,7 +76,8 @@ int pdops_open(struct pdops_file *f, const char *path)
 	int fd, err;
 
 	memset(f, 0, sizeof(*f));
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO must not block the open before fstat() can refuse it. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	err = pdops_map(f, fd);
