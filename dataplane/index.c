@@ -98,7 +98,7 @@ int pdx_init(struct pdx *x, const struct pdx_config *cfg)
 	if (!c.max_readers)
 		c.max_readers = 16;
 	if (!c.initial_blocks)
-		c.initial_blocks = 1u << 16;
+		c.initial_blocks = 4096;
 	if (c.max_targets > PDX_TARGETS_LIMIT || c.max_readers > PDX_READERS_LIMIT)
 		return -EINVAL;
 

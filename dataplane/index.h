@@ -24,7 +24,7 @@
 struct pdx_config {
 	uint32_t max_targets;	 /* 0: PDX_DEFAULT_TARGETS; at most PDX_TARGETS_LIMIT */
 	uint32_t max_readers;	 /* reader handles that may be attached at once; 0: 16 */
-	uint32_t initial_blocks; /* entries to size the table for; 0: 64 Ki; it grows anyway */
+	uint32_t initial_blocks; /* run heads to size the table for; 0: 4096; it grows anyway */
 };
 
 /* One block of a STORED event: the engine's opaque id and the local hash of its tokens. */
