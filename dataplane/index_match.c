@@ -9,6 +9,8 @@
  * probes for a while. The set of targets still matching is the first entry's holder set until
  * a later entry has a different one; only then is it copied and narrowed.
  */
+#include <stdlib.h>
+
 #include "hash.h"
 #include "index.h"
 
@@ -47,27 +49,84 @@ static void reader_leave(struct pdx_reader *r)
 }
 
 /*
- * Sum of the run-sum terms of blocks [from, from + n) of the prompt (pdx_term()). A plain
- * loop: the terms are independent, so it pipelines, and compilers vectorise it where the
- * target has a 64-bit vector multiply (-Dnative=true on AVX-512 machines).
+ * Sum of the run-sum terms of blocks [from, from + n) of the prompt (pdx_term()): the one
+ * computation a deep match does per block, so it gets a vector version where the CPU has a
+ * 64-bit vector multiply (AVX-512DQ), picked once at start-up. On this project's machines it
+ * takes the synthetic stream from 3.3 to 4.4 M MATCH/s (bench/RESULTS.md).
  */
-static uint64_t sum_terms(const uint64_t *local, size_t from, size_t n)
+static uint64_t sum_terms_scalar(const uint64_t *local, size_t from, size_t n)
 {
 	uint64_t sum = 0;
 
 	for (size_t i = from; i < from + n; i++)
-		sum += pdx_term_at(local[i], i * PDX_TERM_DEPTH);
+		sum += pdx_term(local[i], i);
 	return sum;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* pdx_term() of eight blocks at a time. */
+__attribute__((target("avx512f,avx512dq"))) static uint64_t
+sum_terms_avx512(const uint64_t *local, size_t from, size_t n)
+{
+	const __m512i mul = _mm512_set1_epi64((long long)PDX_TERM_MUL);
+	const __m512i step = _mm512_set1_epi64((long long)(8 * PDX_TERM_DEPTH));
+	__m512i depth = _mm512_mullo_epi64(
+		_mm512_add_epi64(_mm512_set1_epi64((long long)from),
+				 _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
+		_mm512_set1_epi64((long long)PDX_TERM_DEPTH));
+	__m512i sum = _mm512_setzero_si512();
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m512i m = _mm512_xor_si512(_mm512_loadu_si512(local + from + i), depth);
+
+		m = _mm512_mullo_epi64(_mm512_xor_si512(m, _mm512_srli_epi64(m, 32)), mul);
+		sum = _mm512_add_epi64(sum, _mm512_xor_si512(m, _mm512_srli_epi64(m, 29)));
+		depth = _mm512_add_epi64(depth, step);
+	}
+	return (uint64_t)_mm512_reduce_add_epi64(sum) + sum_terms_scalar(local, from + i, n - i);
+}
+
+static uint64_t (*sum_terms)(const uint64_t *, size_t, size_t) = sum_terms_scalar;
+
+/* PDROUTER_NO_AVX512 in the environment keeps the scalar code (the tests run both). */
+__attribute__((constructor)) static void sum_terms_pick(void)
+{
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+	    !getenv("PDROUTER_NO_AVX512"))
+		sum_terms = sum_terms_avx512;
+}
+#else
+#define sum_terms sum_terms_scalar
+#endif
 
 /*
  * Blocks after block @i (in slot @idx) that the prompt follows inside the slot's span, all
  * held by the same targets. The acc differences agree with the prompt's sums up to the first
- * differing block and not after, so the boundary is searched: SEARCH_WAYS points a round, the
- * last one the end of the range (a whole span matching is the common case), all prefetched
- * before any is read so their misses overlap. The prompt's terms are summed once.
+ * differing block and not after, so the end is found in two steps: the sums at every
+ * SPAN_STRIDE-th slot (and the span's last) place it within one stride, then the slots of
+ * that stride are compared one by one. The strided lines were prefetched when the walk
+ * reached the run (prefetch_run()), so the first step costs one memory latency in all.
  */
-#define SEARCH_WAYS 16
+#define SPAN_STRIDE 32	  /* slots: four cache lines of acc */
+#define PREFETCH_STRIDES 32 /* how far ahead a run is prefetched, in strides */
+
+static void prefetch_run(const struct walk *w, uint32_t idx, size_t i)
+{
+	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
+	uint32_t s = pdx_slot_of(idx);
+	size_t reach = w->n - 1 - i;
+
+	if (reach > PDX_CHUNK_SLOTS - 1 - s)
+		reach = PDX_CHUNK_SLOTS - 1 - s;
+	if (reach > SPAN_STRIDE * PREFETCH_STRIDES)
+		reach = SPAN_STRIDE * PREFETCH_STRIDES;
+	for (size_t p = SPAN_STRIDE; p <= reach; p += SPAN_STRIDE)
+		__builtin_prefetch(&c->acc[s + p]);
+}
 
 static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
 {
@@ -84,33 +143,36 @@ static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
 	if (!span)
 		return 0;
 	/* Where the walk most likely goes after the span. */
+	__builtin_prefetch(&c->acc[s + span]);
 	__builtin_prefetch(&c->span[s + span]);
 	if (s + span + 1 < PDX_CHUNK_SLOTS)
 		__builtin_prefetch(&c->holders[s + span + 1]);
 
-	uint64_t base = atomic_load_explicit(&c->acc[s], memory_order_relaxed), sum_lo = 0;
+	uint64_t base = atomic_load_explicit(&c->acc[s], memory_order_relaxed), sum = 0;
 	size_t lo = 0, last = span; /* block i+lo is in slot s+lo; the answer is in [lo, last] */
 
-	while (lo < last) {
-		size_t step = (last - lo + SEARCH_WAYS - 1) / SEARCH_WAYS;
-
-		for (size_t p = lo + step; p < last; p += step)
-			__builtin_prefetch(&c->acc[s + p]);
-		__builtin_prefetch(&c->acc[s + last]);
-		for (size_t p = lo + step;; p += step) {
-			p = p < last ? p : last;
-
-			uint64_t sum = sum_lo + sum_terms(w->local, i + 1 + lo, p - lo);
-
-			if (atomic_load_explicit(&c->acc[s + p], memory_order_relaxed) - base != sum) {
-				last = p - 1;
-				break;
-			}
-			lo = p;
-			sum_lo = sum;
-			if (p == last)
-				break;
+	for (size_t p = SPAN_STRIDE; p < span; p += SPAN_STRIDE)
+		__builtin_prefetch(&c->acc[s + p]); /* past what prefetch_run() reached */
+	for (size_t p = SPAN_STRIDE < span ? SPAN_STRIDE : span;; p += SPAN_STRIDE) {
+		p = p < span ? p : span;
+		sum += sum_terms(w->local, i + 1 + lo, p - lo);
+		if (atomic_load_explicit(&c->acc[s + p], memory_order_relaxed) - base != sum) {
+			last = p - 1;
+			break;
 		}
+		lo = p;
+		if (p == span)
+			return span;
+	}
+	for (size_t k = lo + 1; k <= last; k += 8)
+		__builtin_prefetch(&c->acc[s + k]);
+	for (uint64_t prev = atomic_load_explicit(&c->acc[s + lo], memory_order_relaxed);
+	     lo < last; lo++) {
+		uint64_t acc = atomic_load_explicit(&c->acc[s + lo + 1], memory_order_relaxed);
+
+		if (acc - prev != pdx_term(w->local[i + lo + 1], i + lo + 1))
+			break;
+		prev = acc;
 	}
 	return lo;
 }
@@ -160,6 +222,7 @@ static uint32_t next_entry(struct walk *w, uint32_t idx, size_t i, const struct 
 
 	if (e == PDX_NONE)
 		return PDX_NONE;
+	prefetch_run(w, e, i);
 	/* A1: pairs with R1. */
 	*set = pdx_set_of(atomic_load_explicit(&pdx_chunk_of(w->x, e)->holders[pdx_slot_of(e)],
 					       memory_order_acquire));
@@ -244,6 +307,7 @@ size_t pdx_match(struct pdx_reader *r, const uint64_t *local, size_t n, struct p
 		m.set = pdx_set_of(atomic_load_explicit(
 			&pdx_chunk_of(w.x, idx)->holders[pdx_slot_of(idx)], memory_order_acquire));
 	if (m.set) {
+		prefetch_run(&w, idx, 0);
 		/* The members are needed only at the end or where the holders change. */
 		for (uint32_t b = 0; b < m.set->n * sizeof(uint16_t); b += 64)
 			__builtin_prefetch((const char *)m.set->member + b);

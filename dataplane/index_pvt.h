@@ -211,16 +211,20 @@ static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
 
 /*
  * A block's share of a run sum: its local hash mixed with where it sits in the prompt. The
- * multiply and shift make it nonlinear in both: a plain xor of the depth would let two blocks
+ * shifts and multiply make it nonlinear in both: a plain xor of the depth would let two blocks
  * whose hashes differ only where the two depths' patterns agree swap places unseen. A bijection
  * of the local hash for a given depth, so one term still identifies one block exactly.
  */
 #define PDX_TERM_DEPTH 0x9E3779B97F4A7C15ull
+#define PDX_TERM_MUL 0xBF58476D1CE4E5B9ull
 
 static inline uint64_t pdx_term_at(uint64_t local, uint64_t depth_mix)
 {
-	uint64_t m = (local ^ depth_mix) * 0xBF58476D1CE4E5B9ull;
+	uint64_t m = local ^ depth_mix;
 
+	/* Fold first: a multiply only carries upwards, so a difference in the top bits alone
+	 * would otherwise reach just one lower bit through the final shift. */
+	m = (m ^ (m >> 32)) * PDX_TERM_MUL;
 	return m ^ (m >> 29);
 }
 
