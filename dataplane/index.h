@@ -58,7 +58,7 @@ struct pdx_stats {
 	uint64_t table_slots;	      /* capacity of the hash table */
 	uint64_t table_grows;	      /* times the table was rebuilt larger (or cleaner) */
 	uint64_t retired_pending;     /* objects waiting for readers to move on */
-	uint64_t bytes;		      /* memory the index holds, all structures included */
+	uint64_t bytes;		      /* memory of the index's structures (not readers' scratch) */
 };
 
 /**
@@ -104,11 +104,12 @@ int pdx_event_seq(struct pdx *x, uint32_t target, uint64_t event_id);
  * Returns the number of blocks newly held by @target (repeats of blocks it already held are
  * counted and skipped), or a negative errno with nothing applied:
  * -ENOENT: @parent_ext is not a block @target holds (counted; typical after a restart);
- * -EINVAL: a block names itself as parent, an id repeats within the event, or a bad target
- *          (each counted);
+ * -EINVAL: the parent id appears among the blocks (store_self_parent), an id repeats within
+ *          the event (store_repeat_id), or a bad target (each counted).
+ * Two errors stop the event part way, leaving the blocks before the failing one applied and
+ * the index consistent (pdx_target_blocks() tells how many):
+ * -EEXIST: an external id already names a different block of @target (store_id_conflict);
  * -ENOMEM: out of memory.
- * An external id that already names a different block of @target stops the event there: the
- * blocks before it stay applied, the conflict is counted and -EEXIST is returned.
  */
 long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 	       const struct pdx_block *blocks, size_t n);
@@ -129,22 +130,24 @@ long pdx_store_tokens(struct pdx *x, uint32_t target, const uint64_t *parent_ext
 /**
  * pdx_remove - apply a REMOVED event: @target evicted the blocks named by @ext_ids.
  *
- * Unknown ids are counted and ignored. Returns the number of blocks removed, or -EINVAL for a
- * bad target.
+ * Unknown ids are counted and ignored. Returns the number of blocks removed, -EINVAL for a
+ * bad target, or -ENOMEM (the blocks before the failing one stay removed).
  */
 long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t n);
 
 /**
  * pdx_clear - apply a CLEARED event: @target holds nothing any more.
  *
- * Its event sequence continues. Returns the number of blocks dropped, or -EINVAL.
+ * Its event sequence continues. Returns the number of blocks dropped, -EINVAL, or -ENOMEM
+ * (what was dropped stays dropped; call again to finish).
  */
 long pdx_clear(struct pdx *x, uint32_t target);
 
 /**
  * pdx_drop_target - forget @target entirely: its blocks, id map and event sequence.
  *
- * Returns the number of blocks dropped, or -EINVAL.
+ * Returns the number of blocks dropped, -EINVAL, or -ENOMEM as pdx_clear() (the sequence
+ * is then kept, so a retry finishes the job).
  */
 long pdx_drop_target(struct pdx *x, uint32_t target);
 
@@ -164,7 +167,8 @@ void pdx_stats(const struct pdx *x, struct pdx_stats *out);
 /**
  * pdx_reclaim - free what readers have moved past.
  *
- * Every writer call already does this; call it when events stop so memory is returned anyway.
+ * Every event call (store, remove, clear, drop) already does this; call it when events stop
+ * so memory is returned anyway.
  * Returns the number of objects still waiting for a reader.
  */
 size_t pdx_reclaim(struct pdx *x);

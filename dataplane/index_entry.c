@@ -36,24 +36,25 @@ static int chunk_add(struct pdx *x)
 		return -ENOMEM;
 
 	uint32_t slab = x->nchunks / PDX_SLAB_CHUNKS;
-
-	if (x->nchunks % PDX_SLAB_CHUNKS == 0) {
-		x->slabs[slab] = pdx_huge_alloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
-		if (!x->slabs[slab])
-			return -ENOMEM;
-		pdx_stat_add(x, PDX_STAT(bytes), PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
-	}
-
-	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];
 	uint32_t *depth = malloc(PDX_CHUNK_SLOTS * sizeof(*depth));
 
 	if (!depth)
 		return -ENOMEM;
+	if (!x->slabs[slab]) {
+		x->slabs[slab] = pdx_huge_alloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+		if (!x->slabs[slab]) {
+			free(depth);
+			return -ENOMEM;
+		}
+		pdx_stat_add(x, PDX_STAT(bytes), PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+	}
+
+	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];
+
 	for (uint32_t i = 0; i < PDX_CHUNK_SLOTS; i++) {
 		atomic_init(&c->key[i], 0);
 		atomic_init(&c->acc[i], 0);
 		atomic_init(&c->holders[i], 0);
-		atomic_init(&c->span[i], 0);
 	}
 	memset(x->meta[x->nchunks].free_map, 0xff, sizeof(x->meta[x->nchunks].free_map));
 	x->meta[x->nchunks].nfree = PDX_CHUNK_SLOTS;
@@ -132,31 +133,31 @@ void pdx_entry_free_slot(struct pdx *x, uint32_t idx)
 }
 
 /*
- * Free entry @idx, which no target holds any more. The caller has reserved one table slot:
- * the child in the next slot, if any, loses its parent and becomes the head of its run.
+ * Free entry @idx, which no target holds any more. If the next slot holds its child, that
+ * child becomes the head of its run and goes into the table: the caller has made room with
+ * pdx_table_reserve(x, 1), so this cannot fail.
  */
 void pdx_entry_release(struct pdx *x, uint32_t idx)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, idx);
 	uint32_t s = pdx_slot_of(idx);
-	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
 	if (!(h & PDX_CONT))
 		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
-	/*
-	 * The orphan goes into the table before it loses PDX_CONT, so the two ways to it never
-	 * both fail. Relaxed clear: a reader seeing the old bit still reads the old, retired
-	 * parent, and one that reaches a later tenant of this slot does so through R1 or R2,
-	 * which come after this store.
-	 */
 	if (s + 1 < PDX_CHUNK_SLOTS) {
-		uintptr_t child = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+		uint64_t child = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
 
 		if (child & PDX_CONT) {
 			pdx_table_insert(x, atomic_load_explicit(&c->key[s + 1],
 								 memory_order_relaxed), idx + 1);
+			/*
+			 * R5: the orphan is in the table before it loses PDX_CONT, so a reader
+			 * that sees the bit gone finds it by probing. A reader that still sees the
+			 * bit reads the old parent, retired and readable until it leaves.
+			 */
 			atomic_store_explicit(&c->holders[s + 1], child & ~PDX_CONT,
-					      memory_order_relaxed);
+					      memory_order_release);
 		}
 	}
 	/* Relaxed: an empty holders word publishes nothing; readers treat it as absent. */
@@ -165,6 +166,16 @@ void pdx_entry_release(struct pdx *x, uint32_t idx)
 	pdx_stat_add(x, PDX_STAT(entries), -1);
 	/* Out of memory for the retire list: the slot leaks rather than being reused under a reader. */
 	(void)pdx_retire(x, PDX_RETIRED_ENTRY, idx, NULL);
+}
+
+/* Does freeing entry @idx make an orphan that needs a table slot? */
+bool pdx_entry_has_next_child(const struct pdx *x, uint32_t idx)
+{
+	const struct pdx_chunk *c = pdx_chunk_of(x, idx);
+	uint32_t s = pdx_slot_of(idx);
+
+	return s + 1 < PDX_CHUNK_SLOTS &&
+	       (atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed) & PDX_CONT);
 }
 
 /* Warm the lines a writer reads and writes for entry @idx (PDX_NONE: nothing). */
@@ -198,14 +209,18 @@ void pdx_entry_touch(struct pdx *x, uint32_t idx)
 /* Does slot @s + 1 continue slot @s's run with the same holders? */
 static bool continues(const struct pdx_chunk *c, uint32_t s)
 {
-	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
-	return h && s + 1 < PDX_CHUNK_SLOTS &&
-	       atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed) == (h | PDX_CONT);
+	if (!h || s + 1 >= PDX_CHUNK_SLOTS)
+		return false;
+
+	uint64_t next = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+
+	return (next & (PDX_SET_MASK | PDX_CONT)) == ((h & PDX_SET_MASK) | PDX_CONT);
 }
 
 /*
- * Recompute span[] from the last dirty slot down: span[s] = span[s+1] + 1 while the run
+ * Recompute the spans from the last dirty slot down: span(s) = span(s+1) + 1 while the run
  * continues. Below the dirty range, stop at the first span that was already right.
  */
 static void spans_fix(struct pdx *x, uint32_t lo_idx, uint32_t hi_idx)
@@ -214,14 +229,21 @@ static void spans_fix(struct pdx *x, uint32_t lo_idx, uint32_t hi_idx)
 	uint32_t lo = pdx_slot_of(lo_idx);
 
 	for (int64_t s = pdx_slot_of(hi_idx); s >= 0; s--) {
+		uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 		uint32_t next = s + 1 < PDX_CHUNK_SLOTS ?
-			atomic_load_explicit(&c->span[s + 1], memory_order_relaxed) : 0;
-		uint16_t span = continues(c, (uint32_t)s) ? (uint16_t)(next + 1) : 0;
+			pdx_span_of(atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed)) :
+			0;
+		uint32_t span = continues(c, (uint32_t)s) ? next + 1 : 0;
 
-		if (s < lo && span == atomic_load_explicit(&c->span[s], memory_order_relaxed))
+		if (s < lo && span == pdx_span_of(h))
 			break;
-		/* R5: the slots the span covers are complete; pairs with A5 in the reader. */
-		atomic_store_explicit(&c->span[s], span, memory_order_release);
+		if (!h)
+			continue;
+		/* R1: the slots the span covers are complete; pairs with A1 in the reader. */
+		atomic_store_explicit(&c->holders[s],
+				      (h & ~(~0ull << PDX_SPAN_SHIFT)) |
+					      (uint64_t)span << PDX_SPAN_SHIFT,
+				      memory_order_release);
 	}
 }
 

@@ -133,50 +133,54 @@ static uint32_t find_child(struct pdx *x, uint32_t prev, uint64_t key, uint64_t 
 	return pdx_table_find(x, atomic_load_explicit(&x->table, memory_order_relaxed), key);
 }
 
-/* Put @target on entry @e (the block after @prev); returns 0 or -ENOMEM. */
-static int hold_existing(struct pdx *x, uint32_t e, uint32_t prev, uint64_t local,
-			 uint32_t target)
+/*
+ * Put @target on existing entry @e; returns 0 or -ENOMEM. The slot's span is zeroed with the
+ * new set (the neighbours still hold the old one) until the event's spans are recomputed.
+ */
+static int hold_existing(struct pdx *x, uint32_t e, uint32_t target)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
-	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
 	struct pdx_set *set = pdx_set_with(x, old, target);
-	bool joins_run = !(h & PDX_CONT) && fits_after(x, prev, e, local);
 
 	if (!set)
 		return -ENOMEM;
 	set->refs++;
 	/* R1: the new set is complete; pairs with A1 in the reader. */
-	atomic_store_explicit(&c->holders[s],
-			      (uintptr_t)set | (h & PDX_CONT) | (joins_run ? PDX_CONT : 0),
+	atomic_store_explicit(&c->holders[s], pdx_holders_word(set, h & PDX_CONT, 0),
 			      memory_order_release);
-	/* A head found right after its parent (a re-store): reachable from it from now on. */
-	if (joins_run)
-		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), e);
 	pdx_set_unref(x, old);
 	pdx_entry_touch(x, e);
 	return 0;
 }
 
 /*
- * Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM).
- * A run head goes into the table, whose room the event reserved.
+ * Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM,
+ * with nothing changed). A run head goes into the table.
  */
 static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t prev,
 			 uint32_t target)
 {
-	struct pdx_set *set = pdx_set_with(x, NULL, target);
 	uint32_t e;
 
-	if (!set || pdx_entry_alloc(x, prev, &e))
+	if (pdx_entry_alloc(x, prev, &e))
 		return PDX_NONE;
 
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
 	bool cont = prev != PDX_NONE && e == prev + 1 && s != 0;
 	uint64_t acc = child_term(x, prev, local);
+	struct pdx_set *set = pdx_set_with(x, NULL, target);
 
+	/* Never published, so no reader saw the slot: it can go straight back. */
+	if (!set || (!cont && pdx_table_reserve(x, 1))) {
+		pdx_entry_free_slot(x, e);
+		if (set && !set->refs)
+			pdx_set_drop_unused(x, set);
+		return PDX_NONE;
+	}
 	*depth_of(x, e) = prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1;
 	if (cont)
 		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
@@ -184,19 +188,18 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t p
 	atomic_store_explicit(&c->key[s], key, memory_order_relaxed);
 	atomic_store_explicit(&c->acc[s], acc, memory_order_relaxed);
 	if (!cont)
-		pdx_table_insert(x, key, e);
+		pdx_table_insert(x, key, e); /* room reserved above */
 	set->refs++;
 	/* R1: key and acc are written; pairs with A1 in the reader. */
-	atomic_store_explicit(&c->holders[s], (uintptr_t)set | (cont ? PDX_CONT : 0),
+	atomic_store_explicit(&c->holders[s], pdx_holders_word(set, cont ? PDX_CONT : 0, 0),
 			      memory_order_release);
 	pdx_entry_touch(x, e);
 	pdx_stat_add(x, PDX_STAT(entries), 1);
 	return e;
 }
 
-/* Sequence hashes of the event's blocks into x->keys; @key is the parent's, if @has_parent. */
-static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
-		      const struct pdx_block *blocks, size_t n)
+/* Room for @n words in x->keys, the writer's scratch array; 0 or -ENOMEM. */
+static int keys_reserve(struct pdx *x, size_t n)
 {
 	if (n > x->keys_cap) {
 		uint64_t *k = realloc(x->keys, n * sizeof(*k));
@@ -206,6 +209,15 @@ static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
 		x->keys = k;
 		x->keys_cap = n;
 	}
+	return 0;
+}
+
+/* Sequence hashes of the event's blocks into x->keys; @key is the parent's, if @has_parent. */
+static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
+		      const struct pdx_block *blocks, size_t n)
+{
+	if (keys_reserve(x, n))
+		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
 		key = j == 0 && !has_parent ? blocks[0].local_hash
 					    : dp_hash_chain(key, blocks[j].local_hash);
@@ -260,7 +272,7 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
 			prev = e;
 			continue;
-		} else if (hold_existing(x, e, prev, blocks[j].local_hash, target)) {
+		} else if (hold_existing(x, e, target)) {
 			return -ENOMEM;
 		}
 		pdx_idmap_put_at(map, pos, blocks[j].ext_id, e);
@@ -296,7 +308,7 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 					   memory_order_relaxed);
 	}
 	if (n > UINT32_MAX || pdx_idmap_reserve(x, map, (uint32_t)n) ||
-	    pdx_table_reserve(x, n) || event_keys(x, parent_ext != NULL, key, blocks, n))
+	    event_keys(x, parent_ext != NULL, key, blocks, n))
 		return -ENOMEM;
 
 	long applied = store_blocks(x, target, prev, blocks, n);
@@ -328,25 +340,32 @@ long pdx_store_tokens(struct pdx *x, uint32_t target, const uint64_t *parent_ext
 	return pdx_store(x, target, parent_ext, x->blocks, n);
 }
 
-/* Take @target off entry @e; frees the entry when no one holds it. 0 or -ENOMEM. */
+/*
+ * Take @target off entry @e; frees the entry when no one holds it. Returns 0, or -ENOMEM
+ * with nothing changed.
+ */
 static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
-	uintptr_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
-	struct pdx_set *set = pdx_set_without(x, old, target);
 
-	if (!set && old->n > 1)
-		return -ENOMEM;
-	if (set) {
+	if (old->n == 1) {
+		/* Freeing it may turn the child in the next slot into a run head. */
+		if (pdx_entry_has_next_child(x, e) && pdx_table_reserve(x, 1))
+			return -ENOMEM;
+		pdx_entry_release(x, e);
+	} else {
+		struct pdx_set *set = pdx_set_without(x, old, target);
+
+		if (!set)
+			return -ENOMEM;
 		set->refs++;
 		/* R1: the new set is complete; pairs with A1 in the reader. */
-		atomic_store_explicit(&c->holders[s], (uintptr_t)set | (h & PDX_CONT),
+		atomic_store_explicit(&c->holders[s], pdx_holders_word(set, h & PDX_CONT, 0),
 				      memory_order_release);
 		pdx_entry_touch(x, e);
-	} else {
-		pdx_entry_release(x, e);
 	}
 	pdx_set_unref(x, old);
 	pdx_stat_add(x, PDX_STAT(blocks_removed), 1);
@@ -361,9 +380,6 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 	struct pdx_idmap *map = &x->targets[target].map;
 	long removed = 0;
 
-	/* Each freed entry may leave an orphan that needs a table slot. */
-	if (pdx_table_reserve(x, n))
-		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
 		/* Two stages ahead: the id-map slot, then (once that is near) the entry. */
 		if (j + 2 * WRITE_AHEAD < n)
@@ -388,27 +404,43 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 	return removed;
 }
 
+static int cmp_desc(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/*
+ * Drop every block of @target, children before parents (the higher slot of a run first), so
+ * no child is orphaned on the way and the table never grows for run heads that live a moment.
+ */
 long pdx_clear(struct pdx *x, uint32_t target)
 {
 	if (check_target(x, target))
 		return -EINVAL;
 
 	struct pdx_idmap *map = &x->targets[target].map;
+	size_t n = 0;
 	long removed = 0;
 
-	/* Each freed entry may leave an orphan that needs a table slot. */
-	if (pdx_table_reserve(x, map->live))
+	if (keys_reserve(x, map->live))
 		return -ENOMEM;
-	for (uint32_t i = 0; i < map->slots; i++) {
-		uint32_t e = map->idx[i];
 
-		if (e == PDX_SLOT_EMPTY || e == PDX_SLOT_TOMB)
-			continue;
-		if (drop_holder(x, e, target)) {
+	uint64_t *order = x->keys; /* entry index << 32 | id-map position */
+
+	for (uint32_t i = 0; i < map->slots; i++)
+		if (map->idx[i] != PDX_SLOT_EMPTY && map->idx[i] != PDX_SLOT_TOMB)
+			order[n++] = (uint64_t)map->idx[i] << 32 | i;
+	qsort(order, n, sizeof(*order), cmp_desc);
+	for (size_t k = 0; k < n; k++) {
+		uint32_t pos = (uint32_t)order[k];
+
+		if (drop_holder(x, (uint32_t)(order[k] >> 32), target)) {
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
-		map->idx[i] = PDX_SLOT_TOMB;
+		map->idx[pos] = PDX_SLOT_TOMB;
 		map->live--;
 		removed++;
 	}

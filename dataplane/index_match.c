@@ -128,12 +128,12 @@ static void prefetch_run(const struct walk *w, uint32_t idx, size_t i)
 		__builtin_prefetch(&c->acc[s + p]);
 }
 
-static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
+static size_t span_match(const struct walk *w, uint32_t idx, uint64_t word, size_t i)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
 	uint32_t s = pdx_slot_of(idx);
-	/* A5: pairs with R5; the acc of every slot the span covers is visible. */
-	size_t span = atomic_load_explicit(&c->span[s], memory_order_acquire);
+	/* From the holders word loaded with A1: the acc of every slot it covers is visible. */
+	size_t span = pdx_span_of(word);
 
 	/* The writer keeps s + span inside the chunk; clamping costs nothing and proves it. */
 	if (span > PDX_CHUNK_SLOTS - 1 - s)
@@ -144,9 +144,7 @@ static size_t span_match(const struct walk *w, uint32_t idx, size_t i)
 		return 0;
 	/* Where the walk most likely goes after the span. */
 	__builtin_prefetch(&c->acc[s + span]);
-	__builtin_prefetch(&c->span[s + span]);
-	if (s + span + 1 < PDX_CHUNK_SLOTS)
-		__builtin_prefetch(&c->holders[s + span + 1]);
+	__builtin_prefetch(&c->holders[s + span]);
 
 	uint64_t base = atomic_load_explicit(&c->acc[s], memory_order_relaxed), sum = 0;
 	size_t lo = 0, last = span; /* block i+lo is in slot s+lo; the answer is in [lo, last] */
@@ -198,21 +196,24 @@ static uint64_t walk_key(struct walk *w, size_t i, uint64_t parent_key)
 	return w->key[0];
 }
 
-/* Entry of block @i, the block after the one in slot @idx; PDX_NONE if no one holds it. */
-static uint32_t next_entry(struct walk *w, uint32_t idx, size_t i, const struct pdx_set **set)
+/*
+ * Entry of block @i, the block after the one in slot @idx, and its holders word in *@word;
+ * PDX_NONE if no one holds it.
+ */
+static uint32_t next_entry(struct walk *w, uint32_t idx, size_t i, uint64_t *word)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
 	uint32_t s = pdx_slot_of(idx);
 
 	if (s + 1 < PDX_CHUNK_SLOTS) {
 		/* A1: pairs with R1; the slot's acc is visible. */
-		uintptr_t h = atomic_load_explicit(&c->holders[s + 1], memory_order_acquire);
+		uint64_t h = atomic_load_explicit(&c->holders[s + 1], memory_order_acquire);
 
 		if ((h & PDX_CONT) &&
 		    atomic_load_explicit(&c->acc[s + 1], memory_order_relaxed) -
 				    atomic_load_explicit(&c->acc[s], memory_order_relaxed) ==
 			    pdx_term(w->local[i], i)) {
-			*set = pdx_set_of(h);
+			*word = h;
 			return idx + 1;
 		}
 	}
@@ -224,9 +225,9 @@ static uint32_t next_entry(struct walk *w, uint32_t idx, size_t i, const struct 
 		return PDX_NONE;
 	prefetch_run(w, e, i);
 	/* A1: pairs with R1. */
-	*set = pdx_set_of(atomic_load_explicit(&pdx_chunk_of(w->x, e)->holders[pdx_slot_of(e)],
-					       memory_order_acquire));
-	return *set ? e : PDX_NONE;
+	*word = atomic_load_explicit(&pdx_chunk_of(w->x, e)->holders[pdx_slot_of(e)],
+				     memory_order_acquire);
+	return *word ? e : PDX_NONE;
 }
 
 /* Keep the targets of @m that are in @set; answer the others with @depth. */
@@ -262,29 +263,51 @@ static size_t answer(struct pdx_reader *r, const struct matching *m, uint32_t de
 	return nout;
 }
 
-/* The walk proper: @idx holds block 0 with holders m->set. Returns the number of answers. */
-static size_t walk_prompt(struct pdx_reader *r, struct walk *w, uint32_t idx, struct matching *m,
-			  struct pdx_overlap *out)
+/*
+ * Targets still matching after a slot whose holders are @set: narrowed to them, the others
+ * answered with @depth. Returns false when none is left.
+ */
+static bool settle(struct pdx_reader *r, struct matching *m, const struct pdx_set *set,
+		   uint32_t depth, struct pdx_overlap *out, size_t *nout)
+{
+	static const struct pdx_set none = {0};
+
+	if (set == m->set)
+		return true;
+	narrow(r, m, set ? set : &none, depth, out, nout);
+	return m->na != 0;
+}
+
+/*
+ * The walk proper: slot @idx holds block 0, its holders word @word (set m->set). Each block
+ * counted for a target was held by it when the walk looked: after a span, the slot it ended
+ * on is read again for its own span, and may show the holders have changed since.
+ */
+static size_t walk_prompt(struct pdx_reader *r, struct walk *w, uint32_t idx, uint64_t word,
+			  struct matching *m, struct pdx_overlap *out)
 {
 	size_t nout = 0, i = 0; /* blocks 0..i matched */
 
-	while (i + 1 < w->n) {
-		size_t run = span_match(w, idx, i);
-		const struct pdx_set *set;
+	for (;;) {
+		size_t run = span_match(w, idx, word, i);
 
-		i += run;
-		idx += (uint32_t)run;
+		if (run) {
+			i += run;
+			idx += (uint32_t)run;
+			/* A1: pairs with R1. */
+			word = atomic_load_explicit(&pdx_chunk_of(w->x, idx)->holders[pdx_slot_of(idx)],
+						    memory_order_acquire);
+			if (!settle(r, m, pdx_set_of(word), (uint32_t)(i + 1), out, &nout))
+				return nout;
+		}
 		if (i + 1 == w->n)
 			break;
-		idx = next_entry(w, idx, i + 1, &set);
+		idx = next_entry(w, idx, i + 1, &word);
 		if (idx == PDX_NONE)
 			break;
 		i++;
-		if (set != m->set) {
-			narrow(r, m, set, (uint32_t)i, out, &nout);
-			if (!m->na)
-				return nout;
-		}
+		if (!settle(r, m, pdx_set_of(word), (uint32_t)i, out, &nout))
+			return nout;
 	}
 	return answer(r, m, (uint32_t)(i + 1), out, nout);
 }
@@ -301,17 +324,19 @@ size_t pdx_match(struct pdx_reader *r, const uint64_t *local, size_t n, struct p
 	struct matching m = {0};
 	size_t nout = 0;
 	uint32_t idx = pdx_table_find(w.x, w.t, local[0]); /* block 0: sequence = local hash */
+	uint64_t word = 0;
 
 	if (idx != PDX_NONE)
 		/* A1: pairs with R1. */
-		m.set = pdx_set_of(atomic_load_explicit(
-			&pdx_chunk_of(w.x, idx)->holders[pdx_slot_of(idx)], memory_order_acquire));
+		word = atomic_load_explicit(&pdx_chunk_of(w.x, idx)->holders[pdx_slot_of(idx)],
+					    memory_order_acquire);
+	m.set = pdx_set_of(word);
 	if (m.set) {
 		prefetch_run(&w, idx, 0);
 		/* The members are needed only at the end or where the holders change. */
 		for (uint32_t b = 0; b < m.set->n * sizeof(uint16_t); b += 64)
 			__builtin_prefetch((const char *)m.set->member + b);
-		nout = walk_prompt(r, &w, idx, &m, out);
+		nout = walk_prompt(r, &w, idx, word, &m, out);
 	}
 	reader_leave(r);
 	return nout;

@@ -3,9 +3,8 @@
  *
  * Layout
  *   entries   one per prefix (block) held by at least one target, in chunks of PDX_CHUNK_SLOTS
- *             slots stored as parallel arrays (key, acc, holders, span), so a walk reads only
- *             what it needs.
- *             Chunks never move; a slot is named by a u32 index.
+ *             slots stored as parallel arrays (key, acc, holders word), so a walk reads only
+ *             what it needs. Chunks never move; a slot is named by a u32 index.
  *   table     open addressing, linear probing: sequence hash -> entry index of every entry
  *             that does not carry PDX_CONT (the head of a run); the rest are found next to
  *             their parent. Replaced whole (never resized in place) when it fills up.
@@ -19,17 +18,23 @@
  * PDX_CONT in its holders word. Along such a run each slot stores acc, a wrapping sum of the
  * run's blocks, each counted as pdx_term(local, depth) with depth its block number in the
  * prompt: acc[s] = acc[s-1] + term for a PDX_CONT slot (any base otherwise). The depth makes
- * the sum see order (a plain sum would match a prompt with two blocks swapped). span[s]
- * counts the slots after s that continue the run with the same holder set. A reader that has
- * matched block i in slot s so checks a whole span with one subtraction (the sum of the
- * prompt's terms against the acc difference) instead of one probe per block, and only where a
- * run ends does it hash and probe the table. Two different runs of honest blocks agree on
- * their sums about as often as two prefixes share a 64-bit sequence hash. Someone choosing
- * blocks could search for a colliding run, but only against a run whose blocks they know, and
- * then they can send those blocks anyway: the worst a collision does is one poor routing choice.
- * The writer keeps PDX_CONT exact (set when a child lands right after its parent with a
- * fitting acc, cleared before the parent's slot is freed) and recomputes the spans around
- * every slot an event touched before anything it freed can be reused.
+ * the sum see order (a plain sum would match a prompt with two blocks swapped). The span of
+ * a slot counts the slots after it that continue the run with the same holder set; it lives
+ * in the holders word, so a reader never pairs a set with a span computed for another one.
+ * A reader that has matched block i in slot s checks the span a stride of slots at a time
+ * (the sum of the prompt's terms against an acc difference) and the last stride slot by
+ * slot, instead of probing per block; only where the prompt leaves a run does it hash and
+ * probe the table. Two different runs of honest blocks agree on their sums about as often as
+ * two prefixes share a 64-bit sequence hash. Someone choosing blocks could search for a
+ * colliding run, but only against a run whose blocks they know, and then they can send those
+ * blocks anyway: the worst a collision does is one poor routing choice.
+ * The writer keeps PDX_CONT exact (set only when a child is placed right after its parent,
+ * cleared before the parent's slot is freed), zeroes a slot's span whenever its holders
+ * change, and recomputes the spans around every slot an event touched before anything it
+ * freed can be reused. A span read with its holders word therefore describes slots that all
+ * had those holders at one moment, and every block a reader counts for a target was held by
+ * that target when the reader looked: never deeper than a target ever held, never shorter
+ * than what a target held throughout the query.
  *
  * Reclamation. Readers announce the writer's epoch while they query; whatever the writer
  * unlinks (entry slots, sets, old tables) is retired with the current epoch and freed only
@@ -37,13 +42,15 @@
  * never waits either, it just frees later.
  *
  * Memory ordering, labelled as pairs (R = release, A = acquire, F = fence):
- *   R1/A1  entry published: key and acc are written before holders (R1); a reader loads
- *          holders with acquire (A1) before it reads key or acc.
- *   R5/A5  span published after the slots it covers (R5); the reader loads it with acquire (A5)
- *          before it reads their acc.
+ *   R1/A1  holders word published: the set, and key and acc of the slot and of every slot its
+ *          span covers, are written before the word (R1); a reader loads the word with
+ *          acquire (A1) before it reads any of them.
  *   R2/A2  table slot published: key and the entry are complete before the slot's index is
  *          stored (R2); the reader loads the index with acquire (A2) before its key.
  *   R3/A3  new table: filled before its pointer is stored (R3), loaded with acquire (A3).
+ *   R5/A5  an orphan (its parent freed) enters the table before its PDX_CONT is cleared with
+ *          release (R5); a reader that loads the cleared word (A1 doubles as A5) and then
+ *          probes finds it.
  *   F1/F2  epoch: a reader's announcement (then F1) and the writer's unlink (then F2) are
  *          each followed by a seq_cst fence, so either the writer's scan sees the reader or
  *          the reader's walk sees the unlink.
@@ -64,7 +71,16 @@
 #define PDX_MAX_CHUNKS (1u << 15) /* 2^27 entries */
 #define PDX_NONE UINT32_MAX	  /* no entry */
 
-#define PDX_CONT ((uintptr_t)1) /* holders word: parent sits in the slot before */
+/*
+ * Holders word of a slot: the holder set's address, the flags and the span, one atomic word.
+ *   bits 0..3    flags: PDX_CONT (the parent sits in the slot before); sets are 16-aligned
+ *   bits 4..47   address of the struct pdx_set (user addresses fit in 48 bits)
+ *   bits 48..63  span: following slots that continue the run with the same set
+ * 0 is a free slot.
+ */
+#define PDX_CONT ((uint64_t)1)
+#define PDX_SET_MASK 0x0000FFFFFFFFFFF0ull
+#define PDX_SPAN_SHIFT 48
 
 /* Holder set: the targets caching a prefix, sorted. Immutable once an entry points to it. */
 struct pdx_set {
@@ -78,8 +94,7 @@ struct pdx_set {
 struct pdx_chunk {
 	_Atomic uint64_t key[PDX_CHUNK_SLOTS];	    /* sequence hash of the prefix */
 	_Atomic uint64_t acc[PDX_CHUNK_SLOTS];	    /* sum of local hashes along the run */
-	_Atomic uintptr_t holders[PDX_CHUNK_SLOTS]; /* struct pdx_set * | PDX_CONT; 0 = free */
-	_Atomic uint16_t span[PDX_CHUNK_SLOTS];	    /* next slots in the run with these holders */
+	_Atomic uint64_t holders[PDX_CHUNK_SLOTS];  /* set | flags | span, see PDX_CONT */
 };
 
 /* Writer-only bookkeeping of a chunk's slots. */
@@ -183,7 +198,7 @@ struct pdx {
 	size_t seen_cap;
 	struct pdx_dirty dirty[PDX_DIRTY_RANGES];
 	uint32_t ndirty;
-	uint64_t *keys; /* pdx_store(): the event's sequence hashes */
+	uint64_t *keys; /* scratch: an event's sequence hashes, a clear's order */
 	size_t keys_cap;
 	struct pdx_block *blocks; /* pdx_store_tokens() */
 	size_t blocks_cap;
@@ -238,9 +253,20 @@ static inline uint32_t pdx_slot_of(uint32_t idx)
 	return idx & (PDX_CHUNK_SLOTS - 1);
 }
 
-static inline const struct pdx_set *pdx_set_of(uintptr_t holders)
+static inline const struct pdx_set *pdx_set_of(uint64_t holders)
 {
-	return (const struct pdx_set *)(holders & ~PDX_CONT);
+	return (const struct pdx_set *)(uintptr_t)(holders & PDX_SET_MASK);
+}
+
+static inline uint32_t pdx_span_of(uint64_t holders)
+{
+	return (uint32_t)(holders >> PDX_SPAN_SHIFT);
+}
+
+/* A holders word; a new set always starts with span 0 until the spans are recomputed. */
+static inline uint64_t pdx_holders_word(const struct pdx_set *set, uint64_t flags, uint32_t span)
+{
+	return (uint64_t)(uintptr_t)set | flags | (uint64_t)span << PDX_SPAN_SHIFT;
 }
 
 /* index.c */
@@ -263,6 +289,7 @@ void pdx_sets_destroy(struct pdx *x);
 struct pdx_set *pdx_set_with(struct pdx *x, const struct pdx_set *s, uint32_t target);
 struct pdx_set *pdx_set_without(struct pdx *x, const struct pdx_set *s, uint32_t target);
 void pdx_set_unref(struct pdx *x, struct pdx_set *s);
+void pdx_set_drop_unused(struct pdx *x, struct pdx_set *s);
 bool pdx_set_has(const struct pdx_set *s, uint32_t target);
 size_t pdx_set_bytes(uint32_t n);
 
@@ -273,6 +300,7 @@ void pdx_retired_free_all(struct pdx *x);
 /* entry.c */
 int pdx_entry_alloc(struct pdx *x, uint32_t prev, uint32_t *out);
 void pdx_entry_release(struct pdx *x, uint32_t idx);
+bool pdx_entry_has_next_child(const struct pdx *x, uint32_t idx);
 void pdx_entry_free_slot(struct pdx *x, uint32_t idx);
 void pdx_entries_destroy(struct pdx *x);
 void pdx_entry_touch(struct pdx *x, uint32_t idx);

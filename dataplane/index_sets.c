@@ -95,8 +95,13 @@ static struct pdx_set *set_intern(struct pdx *x, const uint16_t *member, uint32_
 		if (s->sum == sum && s->n == n && !memcmp(s->member, member, n * sizeof(*member)))
 			return s;
 
-	struct pdx_set *s = malloc(pdx_set_bytes(n));
+	/* Holders words keep the address in bits 4..47 (PDX_SET_MASK). */
+	struct pdx_set *s = aligned_alloc(16, (pdx_set_bytes(n) + 15) & ~(size_t)15);
 
+	if (s && ((uintptr_t)s & ~PDX_SET_MASK)) {
+		free(s);
+		s = NULL;
+	}
 	if (!s)
 		return NULL;
 	s->n = n;
@@ -157,11 +162,9 @@ struct pdx_set *pdx_set_without(struct pdx *x, const struct pdx_set *s, uint32_t
 	return set_edit(x, s, target, false);
 }
 
-void pdx_set_unref(struct pdx *x, struct pdx_set *s)
+/* Take @s out of the interning table: no entry will point at it again. */
+static void set_unlink(struct pdx *x, struct pdx_set *s)
 {
-	if (!s || --s->refs)
-		return;
-
 	struct pdx_set **p = &x->intern[s->sum & x->intern_mask];
 
 	while (*p != s)
@@ -170,6 +173,20 @@ void pdx_set_unref(struct pdx *x, struct pdx_set *s)
 	/* The memo may name @s; it must not hand it out again. */
 	x->memo = (struct pdx_set_memo){0};
 	pdx_stat_add(x, PDX_STAT(holder_sets), -1);
+}
+
+void pdx_set_drop_unused(struct pdx *x, struct pdx_set *s)
+{
+	set_unlink(x, s);
+	pdx_stat_add(x, PDX_STAT(bytes), -(uint64_t)pdx_set_bytes(s->n));
+	free(s); /* no entry ever pointed at it, so no reader can hold it */
+}
+
+void pdx_set_unref(struct pdx *x, struct pdx_set *s)
+{
+	if (!s || --s->refs)
+		return;
+	set_unlink(x, s);
 	/* Out of memory for the retire list: leak the set rather than free it under a reader. */
 	(void)pdx_retire(x, PDX_RETIRED_SET, 0, s);
 }

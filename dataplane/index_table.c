@@ -113,7 +113,6 @@ uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t
 
 		/* The caller reads these next: let their misses overlap this one. */
 		__builtin_prefetch(&c->holders[e]);
-		__builtin_prefetch(&c->span[e]);
 		__builtin_prefetch(&c->acc[e]);
 		/*
 		 * The slot holds half the key. The entry holds all of it, and never changes it
@@ -178,6 +177,7 @@ static int table_rebuild(struct pdx *x, struct pdx_table *old, uint64_t more)
 	return 0;
 }
 
+/* Writer: make room for @more inserts, rebuilding the table if needed; 0 or -ENOMEM. */
 int pdx_table_reserve(struct pdx *x, uint64_t more)
 {
 	struct pdx_table *t = atomic_load_explicit(&x->table, memory_order_relaxed);
@@ -187,6 +187,7 @@ int pdx_table_reserve(struct pdx *x, uint64_t more)
 	return table_rebuild(x, t, more);
 }
 
+/* Writer: insert a run head; the caller has made room with pdx_table_reserve(). */
 void pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx)
 {
 	/* Relaxed: the writer itself stored the table pointer. */
