@@ -35,7 +35,7 @@ static inline uint64_t hash_block(const uint32_t *tokens, uint32_t block_size, u
 long dp_hash_blocks(const uint32_t *tokens, size_t ntokens, uint32_t block_size, uint64_t seed,
 		    uint64_t *local)
 {
-	if (block_size == 0 || block_size > DP_HASH_MAX_BLOCK || (block_size & (block_size - 1)))
+	if (!dp_hash_block_size_ok(block_size))
 		return -EINVAL;
 
 	size_t n = ntokens / block_size;

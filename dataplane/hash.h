@@ -32,6 +32,12 @@
  */
 uint64_t dp_hash_seed(const char *lora, size_t lora_len, const char *salt, size_t salt_len);
 
+/* Is @block_size one the router accepts: a power of two in [1, DP_HASH_MAX_BLOCK]? */
+static inline int dp_hash_block_size_ok(uint32_t block_size)
+{
+	return block_size && block_size <= DP_HASH_MAX_BLOCK && !(block_size & (block_size - 1));
+}
+
 /**
  * dp_hash_blocks - local hashes of the full blocks of a token array.
  * @tokens: the prompt; read in place, never copied on little-endian machines.

@@ -118,7 +118,11 @@ size_t pdx_reclaim(struct pdx *x)
 			x->retired[keep++] = x->retired[i];
 	}
 	x->nretired = keep;
-	/* Later retirements get a new epoch, so readers entering from now on do not pin them. */
+	/*
+	 * Later retirements get a new epoch, so readers entering from now on do not pin them.
+	 * Relaxed: the writer is the epoch's only writer, and a reader that reads the new value
+	 * entered after F2 above, so by F1/F2 it cannot reach what was retired before it.
+	 */
 	if (keep)
 		atomic_store_explicit(&x->epoch, atomic_load_explicit(&x->epoch,
 					memory_order_relaxed) + 1, memory_order_relaxed);

@@ -321,7 +321,7 @@ long pdx_store_tokens(struct pdx *x, uint32_t target, const uint64_t *parent_ext
 		      const uint64_t *ext_ids, size_t n, const uint32_t *tokens,
 		      uint32_t block_size, uint64_t seed)
 {
-	if (block_size == 0 || block_size > DP_HASH_MAX_BLOCK || (block_size & (block_size - 1)))
+	if (!dp_hash_block_size_ok(block_size))
 		return -EINVAL;
 	if (n > x->blocks_cap) {
 		struct pdx_block *b = realloc(x->blocks, n * sizeof(*b));

@@ -269,11 +269,11 @@ static inline uint64_t pdx_holders_word(const struct pdx_set *set, uint64_t flag
 	return (uint64_t)(uintptr_t)set | flags | (uint64_t)span << PDX_SPAN_SHIFT;
 }
 
-/* index.c */
+/* index.c: huge-page allocations */
 void *pdx_huge_alloc(size_t bytes);
 void pdx_huge_free(void *p, size_t bytes);
 
-/* table.c */
+/* index_table.c: reserve, then insert (cannot fail); find returns PDX_NONE if absent */
 void pdx_table_free(struct pdx_table *t);
 int pdx_table_init(struct pdx *x, uint64_t blocks);
 uint32_t pdx_table_find(const struct pdx *x, const struct pdx_table *t, uint64_t key);
@@ -283,7 +283,7 @@ void pdx_table_insert(struct pdx *x, uint64_t key, uint32_t idx);
 void pdx_table_delete(struct pdx *x, uint64_t key, uint32_t idx);
 size_t pdx_table_bytes(uint64_t slots);
 
-/* sets.c */
+/* index_sets.c: with/without return NULL on ENOMEM (or for the empty set) */
 int pdx_sets_init(struct pdx *x);
 void pdx_sets_destroy(struct pdx *x);
 struct pdx_set *pdx_set_with(struct pdx *x, const struct pdx_set *s, uint32_t target);
@@ -293,11 +293,11 @@ void pdx_set_drop_unused(struct pdx *x, struct pdx_set *s);
 bool pdx_set_has(const struct pdx_set *s, uint32_t target);
 size_t pdx_set_bytes(uint32_t n);
 
-/* epoch.c */
+/* index_epoch.c */
 int pdx_retire(struct pdx *x, enum pdx_retired_kind kind, uint32_t idx, void *ptr);
 void pdx_retired_free_all(struct pdx *x);
 
-/* entry.c */
+/* index_entry.c: alloc returns 0 or -ENOMEM */
 int pdx_entry_alloc(struct pdx *x, uint32_t prev, uint32_t *out);
 void pdx_entry_release(struct pdx *x, uint32_t idx);
 bool pdx_entry_has_next_child(const struct pdx *x, uint32_t idx);
@@ -307,7 +307,7 @@ void pdx_entry_touch(struct pdx *x, uint32_t idx);
 void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
 void pdx_spans_update(struct pdx *x);
 
-/* idmap.c */
+/* index_idmap.c */
 /* Entry named by @ext, or PDX_NONE and (if @pos) the slot where pdx_idmap_put_at() puts it. */
 uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos);
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
