@@ -2,12 +2,13 @@
  * The reader side of the prefix index: overlap of every target with a prompt. Runs on the
  * dataplane cores, concurrently with the writer, without locks, waits or allocation.
  *
- * The walk follows the prompt from block 0. Inside a run (index_pvt.h) it jumps a whole span
- * at once by comparing sums of local hashes; at a run's end it looks at the next slot, and
- * only when the prompt leaves the run does it hash and probe the table, hashing a window of
- * blocks ahead and prefetching their buckets, since a prompt that left one run often needs
- * probes for a while. The set of targets still matching is the first entry's holder set until
- * a later entry has a different one; only then is it copied and narrowed.
+ * The walk follows the prompt from block 0. Inside a run (index_pvt.h) it crosses a span a
+ * stride at a time by comparing sums of the prompt's terms with acc differences; at a run's
+ * end it looks at the next slot, and only when the prompt leaves the run does it hash and
+ * probe the table, hashing a window of blocks ahead and prefetching their buckets, since a
+ * prompt that left one run often needs probes for a while. The set of targets still matching
+ * is the first entry's holder set until a later entry has a different one; only then is it
+ * copied and narrowed.
  */
 #include <stdlib.h>
 
