@@ -15,8 +15,8 @@ enum { BENCH_OK = 0, BENCH_FAILED = 1, BENCH_USAGE = 2 };
  * bench_index_main - `pdbench index`: replay an .ops stream on the prefix index.
  * @argc, @argv: the arguments from "index" on.
  *
- * Returns BENCH_OK, BENCH_FAILED (mismatches, invariant violations or an error while running)
- * or BENCH_USAGE (bad arguments or input file).
+ * Returns BENCH_OK, BENCH_FAILED (mismatches, refused events, reader invariant violations,
+ * writer errors or an error while running) or BENCH_USAGE (bad arguments or input file).
  */
 int bench_index_main(int argc, char **argv);
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,10 @@ static const char bi_usage_text[] =
     "\n"
     "Rates: MATCH/s and query blocks/s are over the time spent inside pdx_match, STORE and\n"
     "REMOVE blocks/s over the time inside pdx_store and pdx_remove. Latencies are per call,\n"
-    "CLOCK_MONOTONIC. Exit status: 0 ok, 1 wrong answers or invariant violations, 2 bad usage.\n";
+    "CLOCK_MONOTONIC.\n"
+    "\n"
+    "Exit status: 0 ok; 1 wrong answers, refused events, reader invariant violations or\n"
+    "writer errors; 2 bad usage or input.\n";
 
 static const struct option bi_longopts[] = {
     {"ops", required_argument, NULL, 'o'},     {"readers", required_argument, NULL, 'r'},
@@ -422,6 +426,17 @@ static int bi_concurrent(const struct bi_opts *o, const struct bi_stream *s,
 	return err;
 }
 
+/* Whether the run found errors: any of them makes the exit status BENCH_FAILED. */
+static bool bi_found_errors(const struct bi_opts *o, const struct bi_run *best,
+			    const struct bi_readers_result *one,
+			    const struct bi_readers_result *many)
+{
+	if (best->mismatches || best->refused)
+		return true;
+	return o->readers &&
+	       (one->violations || many->violations || one->writer_errors || many->writer_errors);
+}
+
 int bench_index_main(int argc, char **argv)
 {
 	struct bi_readers_result one = {0}, many = {0};
@@ -444,7 +459,7 @@ int bench_index_main(int argc, char **argv)
 	if (err == 0)
 		bi_report(&o, &s, &best, o.readers ? &one : NULL, o.readers ? &many : NULL);
 	bi_stream_free(&s);
-	if (err < 0 || best.mismatches || (o.readers && (one.violations || many.violations)))
+	if (err < 0 || bi_found_errors(&o, &best, &one, &many))
 		return BENCH_FAILED;
 	return BENCH_OK;
 }

@@ -3,6 +3,7 @@
  * it with cr_assert when a precondition they rely on does not hold.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include <criterion/criterion.h>
 
@@ -144,4 +145,37 @@ struct pdx_stats t_stats(const struct pdx *x)
 
 	pdx_stats(x, &s);
 	return s;
+}
+
+void t_prompt_init(struct t_prompt *p, uint64_t tag, size_t n)
+{
+	cr_assert_leq(n, 16);
+	p->n = n;
+	t_locals(tag, n, p->local);
+	t_blocks(p->local, 0, n, 0, p->b);
+}
+
+void t_prompt_branch(struct t_prompt *p, const struct t_prompt *base, size_t shared, uint64_t tag,
+		     size_t n)
+{
+	t_prompt_init(p, tag, n);
+	memcpy(p->local, base->local, shared * sizeof(uint64_t));
+	t_blocks(p->local, 0, n, 0, p->b);
+}
+
+uint64_t t_prompt_ext(const struct t_prompt *p, size_t i)
+{
+	return p->b[i].ext_id;
+}
+
+long t_store(struct t_pdx *t, uint32_t target, const struct t_prompt *p, size_t from, size_t n)
+{
+	uint64_t parent = from ? t_prompt_ext(p, from - 1) : 0;
+
+	return pdx_store(&t->x, target, from ? &parent : NULL, p->b + from, n);
+}
+
+long t_remove1(struct t_pdx *t, uint32_t target, uint64_t ext_id)
+{
+	return pdx_remove(&t->x, target, &ext_id, 1);
 }

@@ -1,8 +1,9 @@
 /*
  * Helpers shared by the unit tests: a seeded PRNG (tests never call rand()), builders for
  * prefixes of blocks with deterministic local hashes and external ids, and an index fixture
- * with one reader whose answers come back sorted by target. Single-threaded; every helper
- * fails the running test through Criterion when something it needs does not work.
+ * with one reader whose answers come back sorted by target, and prompts to store on it.
+ * Single-threaded; every helper fails the running test through Criterion when something it
+ * needs does not work.
  */
 #ifndef PD_TESTS_HELPERS_H
 #define PD_TESTS_HELPERS_H
@@ -79,5 +80,28 @@ void t_sort_overlaps(struct pdx_overlap *a, size_t n);
 
 /* Current counters. */
 struct pdx_stats t_stats(const struct pdx *x);
+
+/* A prompt of n blocks named by @tag: locals, and the STORED blocks with their ext ids. */
+struct t_prompt {
+	size_t n;
+	uint64_t local[16];
+	struct pdx_block b[16];
+};
+
+/* A prompt of n <= 16 blocks named by @tag, as t_locals() and t_blocks() (ext tag 0) make. */
+void t_prompt_init(struct t_prompt *p, uint64_t tag, size_t n);
+
+/* A prompt that shares its first @shared blocks with @base and then goes its own way. */
+void t_prompt_branch(struct t_prompt *p, const struct t_prompt *base, size_t shared, uint64_t tag,
+		     size_t n);
+
+/* External id of block @i of @p. */
+uint64_t t_prompt_ext(const struct t_prompt *p, size_t i);
+
+/* Store blocks [from, from + n) of @p on @target, chained after block from - 1: pdx_store(). */
+long t_store(struct t_pdx *t, uint32_t target, const struct t_prompt *p, size_t from, size_t n);
+
+/* Remove the one block @ext_id from @target: pdx_remove(). */
+long t_remove1(struct t_pdx *t, uint32_t target, uint64_t ext_id);
 
 #endif

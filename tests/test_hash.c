@@ -76,7 +76,7 @@ Test(hash, local_hashes_of_every_golden_vector_match)
 		const struct t_hash_vector *v = &t_hash_vectors[i];
 		uint64_t local[16] = {0};
 
-		cr_assert_leq(v->nblocks, 15, "%s: too many blocks for this test", v->name);
+		cr_assert_leq(v->nblocks, 16, "%s: too many blocks for this test", v->name);
 		long n = dp_hash_blocks(v->tokens, v->ntokens, v->block_size, v->seed, local);
 
 		cr_assert_eq(n, (long)v->nblocks, "%s: %ld blocks, want %zu", v->name, n,
@@ -93,6 +93,8 @@ Test(hash, sequence_hashes_of_every_golden_vector_match)
 	for (size_t i = 0; i < NVECTORS; i++) {
 		const struct t_hash_vector *v = &t_hash_vectors[i];
 		uint64_t local[16], seq[16];
+
+		cr_assert_leq(v->nblocks, 16, "%s: too many blocks for this test", v->name);
 		long n = dp_hash_blocks(v->tokens, v->ntokens, v->block_size, v->seed, local);
 
 		cr_assert_eq(n, (long)v->nblocks, "%s", v->name);
@@ -112,6 +114,7 @@ Test(hash, lora_and_salt_seeds_change_every_local_hash)
 
 		if (!v->lora_name && !v->cache_salt)
 			continue;
+		cr_assert_leq(v->nblocks, 16, "%s: too many blocks for this test", v->name);
 		cr_assert_eq(
 		    dp_hash_blocks(v->tokens, v->ntokens, v->block_size, DP_HASH_SEED, plain),
 		    (long)v->nblocks);

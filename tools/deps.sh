@@ -3,7 +3,8 @@
 # is missing, and runs apt-get update only then. Sourced by run.sh and test.sh.
 set -euo pipefail
 
-PD_PACKAGES=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev python3
+# gcc brings the sanitizer runtimes (libasan8, libubsan1, libtsan2) through libgcc-N-dev.
+PD_PACKAGES=(meson ninja-build pkg-config gcc python3
 	     liburing-dev libhwloc-dev libxxhash-dev libcriterion-dev)
 
 pd_install_deps() {
@@ -17,4 +18,12 @@ pd_install_deps() {
 	echo "installing: ${missing[*]}"
 	"${sudo[@]}" apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Runs a command quietly, printing its output only when it fails.
+pd_quiet() {
+	local out rc=0
+	out=$("$@" 2>&1) || rc=$?
+	[ $rc -eq 0 ] || printf '%s\n' "$out" >&2
+	return $rc
 }

@@ -18,15 +18,30 @@ for f in "$trace" "$gen"; do
 	[ -f "$f" ] || { echo "run.sh: $f not found (set PDROUTER_SHARED)" >&2; exit 2; }
 done
 
-[ -f build-release/build.ninja ] || meson setup build-release --buildtype=release >/dev/null
-ninja -C build-release bench/pdbench >/dev/null
+[ -f build-release/build.ninja ] || pd_quiet meson setup build-release --buildtype=release
+pd_quiet ninja -C build-release bench/pdbench
 
+tmp='' log=''
+trap 'rm -f "$tmp" "$log"' EXIT
 for variant in "synthetic:" "shared-prefix:--shared-prefix 2"; do
 	name=${variant%%:*}
 	ops=build-release/mooncake-$name-w$workers.ops
-	# shellcheck disable=SC2086 # the variant's flags are meant to split
-	[ -f "$ops" ] || python3 "$gen" "$trace" "$ops" --workers "$workers" --block-size 64 \
-		${variant#*:} 2>/dev/null
+	if [ ! -f "$ops" ]; then
+		# Into a temporary file beside it, renamed on success: a failed or interrupted run
+		# leaves no partial stream to be reused. The generator's stderr (a JSON stats line,
+		# or the error) is shown only on failure.
+		tmp=$(mktemp "$ops.XXXXXX")
+		log=$(mktemp)
+		# shellcheck disable=SC2086 # the variant's flags are meant to split
+		if ! python3 "$gen" "$trace" "$tmp" --workers "$workers" --block-size 64 \
+			${variant#*:} 2>"$log"; then
+			cat "$log" >&2
+			echo "run.sh: $gen failed, $ops not written" >&2
+			exit 1
+		fi
+		mv "$tmp" "$ops"
+		rm -f "$log"
+	fi
 	echo "== pdbench index: Mooncake trace, $name, $workers workers, block size 64"
 	build-release/bench/pdbench index --ops "$ops" "$@"
 done

@@ -13,17 +13,22 @@ failed=0
 
 run_suites() { # build-dir meson-options... -- suites...
 	local dir=$1; shift
-	local opts=() suites=() log
+	local opts=() suites=() log rc=0
 	while [ "$1" != "--" ]; do opts+=("$1"); shift; done; shift
 	for s in "$@"; do suites+=(--suite "$s"); done
 	echo "== $dir ${opts[*]}: $*"
-	[ -f "$dir/build.ninja" ] || meson setup "$dir" --werror "${opts[@]}" >/dev/null
-	ninja -C "$dir" >/dev/null
+	# An existing tree is reconfigured, so --werror and the options hold on every run.
+	if [ -f "$dir/build.ninja" ]; then
+		pd_quiet meson setup --reconfigure "$dir" --werror "${opts[@]}" || return 1
+	else
+		pd_quiet meson setup "$dir" --werror "${opts[@]}" || return 1
+	fi
+	pd_quiet ninja -C "$dir" || return 1
 	log=$(mktemp)
-	local rc=0
 	meson test -C "$dir" --print-errorlogs --num-processes 2 "${suites[@]}" | tee "$log" || rc=$?
-	passed=$((passed + $(grep -c '^ *[0-9]*/[0-9]* .* OK ' "$log" || true)))
-	failed=$((failed + $(grep -cE '^ *[0-9]+/[0-9]+ .* (FAIL|TIMEOUT) ' "$log" || true)))
+	passed=$((passed + $(sed -n 's/^Ok: *\([0-9]*\).*/\1/p' "$log" | tail -1)))
+	failed=$((failed + $(sed -n 's/^Fail: *\([0-9]*\).*/\1/p' "$log" | tail -1)))
+	failed=$((failed + $(sed -n 's/^Timeout: *\([0-9]*\).*/\1/p' "$log" | tail -1)))
 	rm -f "$log"
 	return $rc
 }
@@ -32,6 +37,6 @@ status=0
 run_suites build-test -- unit fuzz stress || status=1
 run_suites build-test-asan -Db_sanitize=address,undefined -Db_lundef=false -- unit fuzz stress ||
 	status=1
-CC=clang run_suites build-test-tsan -Db_sanitize=thread -Db_lundef=false -- stress || status=1
+CC=gcc run_suites build-test-tsan -Db_sanitize=thread -Db_lundef=false -- stress || status=1
 echo "$passed passed, $failed failed"
 exit $status
