@@ -432,7 +432,8 @@ long pdx_clear(struct pdx *x, uint32_t target)
 	for (uint32_t i = 0; i < map->slots; i++)
 		if (map->idx[i] != PDX_SLOT_EMPTY && map->idx[i] != PDX_SLOT_TOMB)
 			order[n++] = (uint64_t)map->idx[i] << 32 | i;
-	qsort(order, n, sizeof(*order), cmp_desc);
+	if (n)
+		qsort(order, n, sizeof(*order), cmp_desc);
 	for (size_t k = 0; k < n; k++) {
 		uint32_t pos = (uint32_t)order[k];
 

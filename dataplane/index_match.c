@@ -87,7 +87,13 @@ sum_terms_avx512(const uint64_t *local, size_t from, size_t n)
 		sum = _mm512_add_epi64(sum, _mm512_xor_si512(m, _mm512_srli_epi64(m, 29)));
 		depth = _mm512_add_epi64(depth, step);
 	}
-	return (uint64_t)_mm512_reduce_add_epi64(sum) + sum_terms_scalar(local, from + i, n - i);
+	/* Lane by lane as unsigned: the reduce intrinsic adds as signed, which may overflow. */
+	uint64_t lane[8], total = sum_terms_scalar(local, from + i, n - i);
+
+	_mm512_storeu_si512(lane, sum);
+	for (int k = 0; k < 8; k++)
+		total += lane[k];
+	return total;
 }
 
 static uint64_t (*sum_terms)(const uint64_t *, size_t, size_t) = sum_terms_scalar;

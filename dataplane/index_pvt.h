@@ -191,6 +191,7 @@ struct pdx {
 	uint64_t free_slots;  /* over all chunks */
 	struct pdx_target_state *targets;
 	struct pdx_set **intern; /* buckets by sum */
+	struct pdx_set *unretired_sets; /* dead sets the retire list had no room for */
 	uint64_t intern_mask;
 	struct pdx_set_memo memo;
 	uint16_t *set_scratch; /* max_targets members */

@@ -40,6 +40,10 @@ int pdx_sets_init(struct pdx *x)
 
 void pdx_sets_destroy(struct pdx *x)
 {
+	for (struct pdx_set *s = x->unretired_sets, *next; s; s = next) {
+		next = s->next;
+		free(s);
+	}
 	for (uint64_t b = 0; x->intern && b <= x->intern_mask; b++) {
 		for (struct pdx_set *s = x->intern[b], *next; s; s = next) {
 			next = s->next;
@@ -187,6 +191,12 @@ void pdx_set_unref(struct pdx *x, struct pdx_set *s)
 	if (!s || --s->refs)
 		return;
 	set_unlink(x, s);
-	/* Out of memory for the retire list: leak the set rather than free it under a reader. */
-	(void)pdx_retire(x, PDX_RETIRED_SET, 0, s);
+	/*
+	 * Out of memory for the retire list: a reader may still hold the set, so it cannot be
+	 * freed now; keep it on a list of its own that pdx_destroy() frees.
+	 */
+	if (pdx_retire(x, PDX_RETIRED_SET, 0, s) < 0) {
+		s->next = x->unretired_sets;
+		x->unretired_sets = s;
+	}
 }
