@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 . tools/deps.sh
 pd_install_deps
 
+# Undefined behaviour fails the test that hit it, as ASan and TSan reports do by default.
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
 passed=0
 failed=0
 
