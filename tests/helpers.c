@@ -9,36 +9,6 @@
 
 #include "helpers.h"
 
-uint64_t t_mix64(uint64_t x)
-{
-	x += 0x9E3779B97F4A7C15ull;
-	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-	return x ^ (x >> 31);
-}
-
-void t_rng_seed(struct t_rng *r, uint64_t seed)
-{
-	r->s = seed;
-}
-
-uint64_t t_rng_next(struct t_rng *r)
-{
-	r->s += 0x9E3779B97F4A7C15ull;
-	return t_mix64(r->s);
-}
-
-uint32_t t_rng_below(struct t_rng *r, uint32_t n)
-{
-	/* 64x32-bit multiply-shift: unbiased enough for a test and never divides by n. */
-	return (uint32_t)(((t_rng_next(r) >> 32) * (uint64_t)n) >> 32);
-}
-
-bool t_rng_chance(struct t_rng *r, uint32_t percent)
-{
-	return t_rng_below(r, 100) < percent;
-}
-
 void *t_calloc(size_t n, size_t size)
 {
 	void *p = calloc(n ? n : 1, size ? size : 1);

@@ -14,6 +14,7 @@
 
 #include "hash.h"
 #include "index.h"
+#include "rng.h" /* t_mix64(), struct t_rng and its t_rng_*() */
 
 /* 1 when built with a sanitizer: the few quadratic tests then run smaller. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -26,17 +27,6 @@
 #ifndef T_SANITIZED
 #define T_SANITIZED 0
 #endif
-
-/* splitmix64: a fixed, seedable PRNG, so every failure replays. */
-struct t_rng {
-	uint64_t s;
-};
-
-uint64_t t_mix64(uint64_t x);
-void t_rng_seed(struct t_rng *r, uint64_t seed);
-uint64_t t_rng_next(struct t_rng *r);
-uint32_t t_rng_below(struct t_rng *r, uint32_t n); /* uniform in [0, n), n > 0 */
-bool t_rng_chance(struct t_rng *r, uint32_t percent);
 
 /* calloc that fails the test instead of returning NULL. */
 void *t_calloc(size_t n, size_t size);

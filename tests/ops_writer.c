@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ops_writer.h"
+#include "rng.h"
 
 void t_ops_free(struct t_ops *o)
 {
@@ -104,17 +105,9 @@ void t_ops_match(struct t_ops *o, const uint64_t *local, uint32_t n, const uint3
 	t_ops_bytes(o, answers, (size_t)k * 8);
 }
 
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9E3779B97F4A7C15ull;
-	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-	return x ^ (x >> 31);
-}
-
 uint64_t t_ops_chain(uint64_t parent, uint64_t local)
 {
-	uint64_t h = mix64(parent ^ mix64(local ^ 0x5EED));
+	uint64_t h = t_mix64(parent ^ t_mix64(local ^ 0x5EED));
 
 	return h ? h : 1;
 }
@@ -174,7 +167,7 @@ long t_ops_walk(const uint8_t *buf, size_t len, size_t *at, size_t max)
 
 uint64_t t_ops_tiny_local(uint32_t i)
 {
-	return mix64(0x7171 + i) | 1;
+	return t_mix64(0x7171 + i) | 1;
 }
 
 void t_ops_tiny(struct t_ops *o, size_t at[T_TINY_OPS + 1])

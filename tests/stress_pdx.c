@@ -12,10 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "hash.h"
 #include "index.h"
+#include "rng.h"
+#include "stress_common.h"
 
 #define TARGETS 64
 #define READERS 3
@@ -49,33 +50,6 @@ static atomic_bool writer_done;
 static atomic_uint failures;
 static atomic_ulong queries;
 
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9E3779B97F4A7C15ull;
-	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-	return x ^ (x >> 31);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	*s += 0x9E3779B97F4A7C15ull;
-	return mix64(*s);
-}
-
-static uint32_t rng_below(uint64_t *s, uint32_t n)
-{
-	return (uint32_t)(((rng_next(s) >> 32) * (uint64_t)n) >> 32);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 #define fail(...)                                                                                  \
 	do {                                                                                       \
 		if (atomic_fetch_add_explicit(&failures, 1, memory_order_relaxed) < 5)             \
@@ -89,14 +63,14 @@ static void fill_ext(const uint64_t *local, size_t n, uint64_t *ext)
 
 	for (size_t i = 0; i < n; i++) {
 		seq = i ? dp_hash_chain(seq, local[i]) : local[0];
-		ext[i] = mix64(seq ^ 0xE47) | 1;
+		ext[i] = t_mix64(seq ^ 0xE47) | 1;
 	}
 }
 
-static void build_universe(uint64_t *rng)
+static void build_universe(struct t_rng *rng)
 {
 	for (size_t i = 0; i < FIXED_LEN * BS; i++)
-		fixed_tokens[i] = (uint32_t)rng_next(rng);
+		fixed_tokens[i] = (uint32_t)t_rng_next(rng);
 	dp_hash_blocks(fixed_tokens, FIXED_LEN * BS, BS, DP_HASH_SEED, fixed_local);
 	fill_ext(fixed_local, FIXED_LEN, fixed_ext);
 	for (size_t p = 0; p < PROMPTS; p++) {
@@ -104,19 +78,19 @@ static void build_universe(uint64_t *rng)
 		size_t from = 0;
 
 		if (p < BRANCHES) {
-			pr->shared = 1 + rng_below(rng, FIXED_LEN);
+			pr->shared = 1 + t_rng_below(rng, FIXED_LEN);
 			memcpy(pr->local, fixed_local, pr->shared * sizeof(uint64_t));
 			from = pr->shared;
 		} else if (p >= BRANCHES + 16) {
 			/* Later prompts branch off earlier non-fixed ones: shared holder sets. */
 			const struct prompt *base =
-			    &prompts[BRANCHES + rng_below(rng, (uint32_t)(p - BRANCHES))];
+			    &prompts[BRANCHES + t_rng_below(rng, (uint32_t)(p - BRANCHES))];
 
-			from = 1 + rng_below(rng, PLEN - 1);
+			from = 1 + t_rng_below(rng, PLEN - 1);
 			memcpy(pr->local, base->local, from * sizeof(uint64_t));
 		}
 		for (size_t i = from; i < PLEN; i++)
-			pr->local[i] = rng_next(rng) | 1;
+			pr->local[i] = t_rng_next(rng) | 1;
 		fill_ext(pr->local, PLEN, pr->ext);
 	}
 }
@@ -126,7 +100,7 @@ static void build_universe(uint64_t *rng)
 struct reader {
 	pthread_t thread;
 	int id;
-	uint64_t rng;
+	struct t_rng rng;
 	struct pdx_reader *r;
 	struct pdx_overlap out[TARGETS];
 	uint64_t seen[TARGETS]; /* stamp of the query that last reported a target */
@@ -164,7 +138,7 @@ static uint32_t check_answers(struct reader *rd, long k, size_t n, const char *w
 
 static void reader_query(struct reader *rd)
 {
-	uint32_t kind = rng_below(&rd->rng, 4);
+	uint32_t kind = t_rng_below(&rd->rng, 4);
 	long k;
 	uint32_t d0;
 
@@ -177,8 +151,8 @@ static void reader_query(struct reader *rd)
 		d0 = check_answers(rd, k, FIXED_LEN, "fixed prefix tokens");
 	} else {
 		const struct prompt *p =
-		    &prompts[rng_below(&rd->rng, kind == 2 ? BRANCHES : PROMPTS)];
-		size_t n = 1 + rng_below(&rd->rng, PLEN);
+		    &prompts[t_rng_below(&rd->rng, kind == 2 ? BRANCHES : PROMPTS)];
+		size_t n = 1 + t_rng_below(&rd->rng, PLEN);
 		size_t must = p->shared < n ? p->shared : n;
 
 		k = (long)pdx_match(rd->r, p->local, n, rd->out);
@@ -209,22 +183,22 @@ static void *reader_main(void *arg)
 
 /* ---- Writer. ---- */
 
-static void writer_store(uint64_t *rng, uint32_t t)
+static void writer_store(struct t_rng *rng, uint32_t t)
 {
 	const struct prompt *p;
 	size_t from, n;
 
 	if (t == 0) {
 		/* Target 0 only adds or drops tails after the fixed prefix. */
-		p = &prompts[rng_below(rng, BRANCHES)];
+		p = &prompts[t_rng_below(rng, BRANCHES)];
 		from = p->shared;
 	} else {
-		p = &prompts[rng_below(rng, PROMPTS)];
-		from = rng_below(rng, 4) == 0 ? 0 : rng_below(rng, PLEN);
+		p = &prompts[t_rng_below(rng, PROMPTS)];
+		from = t_rng_below(rng, 4) == 0 ? 0 : t_rng_below(rng, PLEN);
 	}
 	if (from >= PLEN)
 		return;
-	n = 1 + rng_below(rng, (uint32_t)(PLEN - from));
+	n = 1 + t_rng_below(rng, (uint32_t)(PLEN - from));
 
 	struct pdx_block b[PLEN];
 
@@ -238,15 +212,15 @@ static void writer_store(uint64_t *rng, uint32_t t)
 		fail("store on target %u: %ld\n", t, rc);
 }
 
-static void writer_remove(uint64_t *rng, uint32_t t)
+static void writer_remove(struct t_rng *rng, uint32_t t)
 {
-	const struct prompt *p = &prompts[rng_below(rng, t == 0 ? BRANCHES : PROMPTS)];
-	size_t from = t == 0 ? p->shared : rng_below(rng, PLEN);
+	const struct prompt *p = &prompts[t_rng_below(rng, t == 0 ? BRANCHES : PROMPTS)];
+	size_t from = t == 0 ? p->shared : t_rng_below(rng, PLEN);
 	uint64_t ids[PLEN];
 	size_t n = 0;
 
 	for (size_t i = from; i < PLEN; i++)
-		if (rng_below(rng, 3))
+		if (t_rng_below(rng, 3))
 			ids[n++] = p->ext[i];
 	if (pdx_remove(&idx, t, ids, n) < 0)
 		fail("remove on target %u failed\n", t);
@@ -256,20 +230,20 @@ static void writer_remove(uint64_t *rng, uint32_t t)
  * Replace a writer-only prompt by a new one: new keys all the time leave tombstones in the
  * table, so it is rebuilt (and the old one retired) while the readers walk it.
  */
-static void writer_fresh(uint64_t *rng)
+static void writer_fresh(struct t_rng *rng)
 {
 	static struct {
 		uint32_t target;
 		uint64_t local[FRESH_LEN], ext[FRESH_LEN];
 	} fresh[FRESH];
 	struct pdx_block b[FRESH_LEN];
-	uint32_t j = rng_below(rng, FRESH);
+	uint32_t j = t_rng_below(rng, FRESH);
 
 	if (fresh[j].target)
 		pdx_remove(&idx, fresh[j].target, fresh[j].ext, FRESH_LEN);
-	fresh[j].target = 1 + rng_below(rng, TARGETS - 1);
+	fresh[j].target = 1 + t_rng_below(rng, TARGETS - 1);
 	for (size_t i = 0; i < FRESH_LEN; i++)
-		fresh[j].local[i] = rng_next(rng) | 1;
+		fresh[j].local[i] = t_rng_next(rng) | 1;
 	fill_ext(fresh[j].local, FRESH_LEN, fresh[j].ext);
 	for (size_t i = 0; i < FRESH_LEN; i++)
 		b[i] =
@@ -278,7 +252,7 @@ static void writer_fresh(uint64_t *rng)
 		fail("store of a fresh prompt on target %u failed\n", fresh[j].target);
 }
 
-static unsigned long writer_run(uint64_t *rng, double seconds)
+static unsigned long writer_run(struct t_rng *rng, double seconds)
 {
 	static uint64_t next_event[TARGETS];
 	double end = now_s() + seconds;
@@ -288,7 +262,7 @@ static unsigned long writer_run(uint64_t *rng, double seconds)
 		if (events % 256 == 0 && now_s() > end)
 			break;
 
-		uint32_t t = rng_below(rng, TARGETS), k = rng_below(rng, 1000);
+		uint32_t t = t_rng_below(rng, TARGETS), k = t_rng_below(rng, 1000);
 
 		if (pdx_event_seq(&idx, t, ++next_event[t]) < 0)
 			fail("event id %lu on target %u refused\n", (unsigned long)next_event[t],
@@ -352,7 +326,7 @@ int main(int argc, char **argv)
 	    .max_targets = TARGETS, .max_readers = READERS + 1, .initial_blocks = 256};
 	static struct reader readers[READERS];
 	double seconds = argc > 1 ? atof(argv[1]) : DEFAULT_SECONDS;
-	uint64_t rng = 0x5EED;
+	struct t_rng rng = {0x5EED};
 	struct pdx_block fixed[FIXED_LEN];
 
 	if (pdx_init(&idx, &cfg) != 0) {
@@ -370,7 +344,7 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < READERS; i++) {
 		readers[i].id = i;
-		readers[i].rng = 1000 + (uint64_t)i;
+		t_rng_seed(&readers[i].rng, 1000 + (uint64_t)i);
 		if (pdx_reader_attach(&idx, &readers[i].r) != 0 ||
 		    pthread_create(&readers[i].thread, NULL, reader_main, &readers[i]) != 0) {
 			fprintf(stderr, "stress_pdx: cannot start reader %d\n", i);

@@ -26,10 +26,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "hash.h"
 #include "index.h"
+#include "rng.h"
+#include "stress_common.h"
 
 #define READERS 2
 #define MAX_TARGETS 16
@@ -43,8 +44,8 @@ struct reader;
 struct scenario {
 	const char *name;
 	uint32_t ntargets;
-	void (*setup)(struct scenario *sc, uint64_t *rng);
-	void (*step)(struct scenario *sc, uint64_t *rng);
+	void (*setup)(struct scenario *sc, struct t_rng *rng);
+	void (*step)(struct scenario *sc, struct t_rng *rng);
 	void (*query)(struct scenario *sc, struct reader *rd);
 	unsigned long steps; /* writer-only */
 	/* Counts from all threads, read after pthread_join(): relaxed is enough. */
@@ -54,7 +55,7 @@ struct scenario {
 
 struct reader {
 	pthread_t thread;
-	uint64_t rng;
+	struct t_rng rng;
 	struct scenario *sc;
 	struct pdx_reader *r;
 	struct pdx_overlap out[MAX_TARGETS];
@@ -68,36 +69,9 @@ static atomic_bool stop;
 /* Odd while the writer changes what it promised readers (see the top of the file). */
 static atomic_ulong window_gen;
 
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9E3779B97F4A7C15ull;
-	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-	return x ^ (x >> 31);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	*s += 0x9E3779B97F4A7C15ull;
-	return mix64(*s);
-}
-
-static uint32_t rng_below(uint64_t *s, uint32_t n)
-{
-	return (uint32_t)(((rng_next(s) >> 32) * (uint64_t)n) >> 32);
-}
-
 static size_t min_sz(size_t a, size_t b)
 {
 	return a < b ? a : b;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 __attribute__((format(printf, 2, 3))) static void bad(struct scenario *sc, const char *fmt, ...)
@@ -128,7 +102,8 @@ static void fill_blocks(const uint64_t *local, size_t n, uint64_t tag, struct pd
 
 	for (size_t i = 0; i < n; i++) {
 		seq = i ? dp_hash_chain(seq, local[i]) : local[0];
-		out[i] = (struct pdx_block){.ext_id = mix64(seq ^ tag) | 1, .local_hash = local[i]};
+		out[i] =
+		    (struct pdx_block){.ext_id = t_mix64(seq ^ tag) | 1, .local_hash = local[i]};
 	}
 }
 
@@ -239,23 +214,23 @@ static size_t span_len(uint32_t t)
 	return t ? span_share[t] + SPAN_TAIL : SPAN_LEN;
 }
 
-static void span_setup(struct scenario *sc, uint64_t *rng)
+static void span_setup(struct scenario *sc, struct t_rng *rng)
 {
 	for (uint32_t t = 0; t < SPAN_TARGETS; t++) {
 		size_t from = t ? span_share[t] : 0;
 
 		memcpy(span_local[t], span_local[0], from * sizeof(uint64_t));
 		for (size_t i = from; i < span_len(t); i++)
-			span_local[t][i] = rng_next(rng) | 1;
+			span_local[t][i] = t_rng_next(rng) | 1;
 		fill_blocks(span_local[t], span_len(t), 0x5A, span_blocks[t]);
 		span_holds[t] = false;
 	}
 	expect_rc(sc, pdx_store(&idx, 0, NULL, span_blocks[0], SPAN_LEN), SPAN_LEN, "run store");
 }
 
-static void span_step(struct scenario *sc, uint64_t *rng)
+static void span_step(struct scenario *sc, struct t_rng *rng)
 {
-	uint32_t t = 1 + rng_below(rng, SPAN_TARGETS - 1);
+	uint32_t t = 1 + t_rng_below(rng, SPAN_TARGETS - 1);
 	long want = (long)span_len(t);
 
 	if (span_holds[t])
@@ -269,9 +244,9 @@ static void span_step(struct scenario *sc, uint64_t *rng)
 static void span_query(struct scenario *sc, struct reader *rd)
 {
 	/* Half the queries: the whole run, where a stale span reaches furthest. */
-	uint32_t p = rng_below(&rd->rng, 2) ? 0 : 1 + rng_below(&rd->rng, SPAN_TARGETS - 1);
+	uint32_t p = t_rng_below(&rd->rng, 2) ? 0 : 1 + t_rng_below(&rd->rng, SPAN_TARGETS - 1);
 	size_t len = min_sz(span_len(p), span_share[p] + 16);
-	size_t n = p == 0 && rng_below(&rd->rng, 2) ? SPAN_LEN : 1 + rng_below(&rd->rng, len);
+	size_t n = p == 0 && t_rng_below(&rd->rng, 2) ? SPAN_LEN : 1 + t_rng_below(&rd->rng, len);
 
 	(void)sc;
 	query(rd, span_local[p], n);
@@ -319,11 +294,11 @@ static void join_orphan(struct scenario *sc)
 	window_open();
 }
 
-static void join_setup(struct scenario *sc, uint64_t *rng)
+static void join_setup(struct scenario *sc, struct t_rng *rng)
 {
 	for (int k = 0; k < JOIN_LANES; k++) {
 		for (size_t i = 0; i < JOIN_LEN; i++)
-			join_local[k][i] = rng_next(rng) | 1;
+			join_local[k][i] = t_rng_next(rng) | 1;
 		fill_blocks(join_local[k], JOIN_HELD, 0xA, join_a[k]);
 		fill_blocks(join_local[k], 3, 0xB, join_b[k]);
 		expect_rc(sc, pdx_store(&idx, JOIN_A, NULL, join_a[k], JOIN_HELD), JOIN_HELD,
@@ -333,7 +308,7 @@ static void join_setup(struct scenario *sc, uint64_t *rng)
 	join_orphan(sc);
 }
 
-static void join_step(struct scenario *sc, uint64_t *rng)
+static void join_step(struct scenario *sc, struct t_rng *rng)
 {
 	(void)rng;
 	/* Inside a window: B's P, F make A's orphan F continue P's run again, lane by lane. */
@@ -350,9 +325,10 @@ static void join_step(struct scenario *sc, uint64_t *rng)
 
 static void join_query(struct scenario *sc, struct reader *rd)
 {
-	uint32_t k = rng_below(&rd->rng, 8) ? atomic_load_explicit(&join_lane, memory_order_relaxed)
-					    : rng_below(&rd->rng, JOIN_LANES);
-	size_t n = rng_below(&rd->rng, 4) ? JOIN_LEN : 1 + rng_below(&rd->rng, JOIN_LEN);
+	uint32_t k = t_rng_below(&rd->rng, 8)
+			 ? atomic_load_explicit(&join_lane, memory_order_relaxed)
+			 : t_rng_below(&rd->rng, JOIN_LANES);
+	size_t n = t_rng_below(&rd->rng, 4) ? JOIN_LEN : 1 + t_rng_below(&rd->rng, JOIN_LEN);
 	unsigned long g0 = window_enter();
 	bool held;
 
@@ -408,10 +384,10 @@ static size_t caps_nheld(uint32_t t)
 	return n;
 }
 
-static void caps_setup(struct scenario *sc, uint64_t *rng)
+static void caps_setup(struct scenario *sc, struct t_rng *rng)
 {
 	for (size_t i = 0; i < CAPS_LEN; i++)
-		caps_local[i] = rng_next(rng) | 1;
+		caps_local[i] = t_rng_next(rng) | 1;
 	fill_blocks(caps_local, CAPS_LEN, 0xC, caps_blocks);
 	memset(caps_held, 0, sizeof(caps_held));
 	memset(caps_nbranch, 0, sizeof(caps_nbranch));
@@ -458,7 +434,7 @@ static void caps_store_run(struct scenario *sc, uint32_t t, uint32_t a, uint32_t
 }
 
 /* Store prompt blocks [0, a) and CAPS_BRANCH new ones after them on t. */
-static void caps_store_branch(struct scenario *sc, uint64_t *rng, uint32_t t, uint32_t a)
+static void caps_store_branch(struct scenario *sc, struct t_rng *rng, uint32_t t, uint32_t a)
 {
 	uint64_t local[CAPS_LEN + CAPS_BRANCH];
 	struct pdx_block b[CAPS_LEN + CAPS_BRANCH];
@@ -466,7 +442,7 @@ static void caps_store_branch(struct scenario *sc, uint64_t *rng, uint32_t t, ui
 
 	memcpy(local, caps_local, a * sizeof(uint64_t));
 	for (uint32_t i = a; i < a + CAPS_BRANCH; i++)
-		local[i] = rng_next(rng) | 1;
+		local[i] = t_rng_next(rng) | 1;
 	fill_blocks(local, a + CAPS_BRANCH, 0xC, b);
 	for (uint32_t i = 0; i < a; i++) {
 		want += !caps_held[t][i];
@@ -476,19 +452,19 @@ static void caps_store_branch(struct scenario *sc, uint64_t *rng, uint32_t t, ui
 	expect_rc(sc, pdx_store(&idx, t, NULL, b, a + CAPS_BRANCH), want, "branch store");
 }
 
-static void caps_event(struct scenario *sc, uint64_t *rng, uint32_t t)
+static void caps_event(struct scenario *sc, struct t_rng *rng, uint32_t t)
 {
-	uint32_t c = caps_cap[t], k = rng_below(rng, 100), pos[CAPS_LEN], n = 0;
+	uint32_t c = caps_cap[t], k = t_rng_below(rng, 100), pos[CAPS_LEN], n = 0;
 
 	if (k < 40 && c) {
-		uint32_t a = rng_below(rng, c);
+		uint32_t a = t_rng_below(rng, c);
 
-		caps_store_run(sc, t, a, a + 1 + rng_below(rng, c - a));
+		caps_store_run(sc, t, a, a + 1 + t_rng_below(rng, c - a));
 	} else if (k < 60) {
-		caps_store_branch(sc, rng, t, rng_below(rng, c + 1));
+		caps_store_branch(sc, rng, t, t_rng_below(rng, c + 1));
 	} else if (k < 93) {
 		for (uint32_t i = 0; i < c; i++)
-			if (rng_below(rng, 2))
+			if (t_rng_below(rng, 2))
 				pos[n++] = i;
 		caps_remove(sc, t, pos, n);
 	} else {
@@ -500,18 +476,18 @@ static void caps_event(struct scenario *sc, uint64_t *rng, uint32_t t)
 }
 
 /* A new window: each target 1-8 is frozen or gets a cap, down to which it is cut first. */
-static void caps_rewindow(struct scenario *sc, uint64_t *rng)
+static void caps_rewindow(struct scenario *sc, struct t_rng *rng)
 {
 	window_close();
 	for (uint32_t t = 1; t < CAPS_TARGETS; t++) {
 		uint32_t pos[CAPS_LEN], n = 0, lo, hi;
 
-		caps_frozen[t] = rng_below(rng, 2);
+		caps_frozen[t] = t_rng_below(rng, 2);
 		if (caps_frozen[t]) {
 			caps_cap[t] = 0;
 			lo = hi = (uint32_t)caps_prefix(t);
 		} else {
-			caps_cap[t] = rng_below(rng, caps_limit(t) + 1);
+			caps_cap[t] = t_rng_below(rng, caps_limit(t) + 1);
 			for (uint32_t i = caps_cap[t]; i < caps_limit(t); i++)
 				pos[n++] = i;
 			caps_remove(sc, t, pos, n);
@@ -525,7 +501,7 @@ static void caps_rewindow(struct scenario *sc, uint64_t *rng)
 	window_open();
 }
 
-static void caps_step(struct scenario *sc, uint64_t *rng)
+static void caps_step(struct scenario *sc, struct t_rng *rng)
 {
 	uint32_t active[CAPS_TARGETS], na = 0;
 
@@ -534,12 +510,12 @@ static void caps_step(struct scenario *sc, uint64_t *rng)
 		if (!caps_frozen[t])
 			active[na++] = t;
 	for (uint32_t e = 0; na && e < CAPS_EVENTS; e++)
-		caps_event(sc, rng, active[rng_below(rng, na)]);
+		caps_event(sc, rng, active[t_rng_below(rng, na)]);
 }
 
 static void caps_query(struct scenario *sc, struct reader *rd)
 {
-	size_t n = rng_below(&rd->rng, 4) ? CAPS_LEN : 1 + rng_below(&rd->rng, CAPS_LEN);
+	size_t n = t_rng_below(&rd->rng, 4) ? CAPS_LEN : 1 + t_rng_below(&rd->rng, CAPS_LEN);
 	unsigned long g0 = window_enter();
 	uint32_t lo[CAPS_TARGETS], hi[CAPS_TARGETS];
 	bool held;
@@ -579,7 +555,7 @@ static void empty_checks(struct scenario *sc)
 		    (unsigned long)s.holder_sets, (unsigned long)s.retired_pending);
 }
 
-static int run_scenario(struct scenario *sc, double seconds, uint64_t *rng)
+static int run_scenario(struct scenario *sc, double seconds, struct t_rng *rng)
 {
 	struct pdx_config cfg = {
 	    .max_targets = MAX_TARGETS, .max_readers = READERS, .initial_blocks = 256};
@@ -595,7 +571,7 @@ static int run_scenario(struct scenario *sc, double seconds, uint64_t *rng)
 	atomic_store_explicit(&window_gen, 0, memory_order_relaxed); /* even: a window is open */
 	sc->setup(sc, rng);
 	for (int i = 0; i < READERS; i++) {
-		readers[i] = (struct reader){.rng = rng_next(rng), .sc = sc};
+		readers[i] = (struct reader){.rng = {t_rng_next(rng)}, .sc = sc};
 		if (pdx_reader_attach(&idx, &readers[i].r) != 0 ||
 		    pthread_create(&readers[i].thread, NULL, reader_main, &readers[i]) != 0) {
 			fprintf(stderr, "stress_pdx_races: %s: cannot start reader %d\n", sc->name,
@@ -658,7 +634,7 @@ static unsigned long summary(void)
 int main(int argc, char **argv)
 {
 	double seconds = argc > 1 ? atof(argv[1]) : DEFAULT_SECONDS;
-	uint64_t rng = 0x5EED5;
+	struct t_rng rng = {0x5EED5};
 
 	for (size_t i = 0; i < NSCENARIOS; i++)
 		if (run_scenario(&scenarios[i], seconds / NSCENARIOS, &rng) != 0)

@@ -34,6 +34,7 @@
 
 #include "ops.h"
 #include "ops_writer.h"
+#include "rng.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -256,21 +257,16 @@ static void report_input(void)
 			input_size);
 }
 
-/* splitmix64, so a run replays from its seed. */
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-	uint64_t x = rng_state += 0x9E3779B97F4A7C15ull;
-
-	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-	return x ^ (x >> 31);
-}
+/*
+ * splitmix64 (rng.h), so a run replays from its seed. t_rng_next() steps the state and t_mix64()
+ * steps it once more before mixing, so main() seeds one step back: -s SEED gives the inputs it
+ * always gave (canonical splitmix64 from SEED).
+ */
+static struct t_rng rng;
 
 static size_t rng_below(size_t n)
 {
-	return n ? (size_t)(rng_next() % n) : 0;
+	return n ? (size_t)(t_rng_next(&rng) % n) : 0;
 }
 
 /* A seed stream and the offsets of its length, count and id fields, where lies do harm. */
@@ -327,7 +323,7 @@ static uint32_t interesting32(uint32_t old)
 	case 1:
 		return old - 1;
 	case 2:
-		return (uint32_t)rng_next();
+		return (uint32_t)t_rng_next(&rng);
 	default:
 		return v[rng_below(sizeof(v) / sizeof(v[0]))];
 	}
@@ -356,7 +352,7 @@ static void replace(struct input *in, size_t at, size_t cut, const uint8_t *src,
 		add = in->cap - (in->len - cut);
 	memmove(in->buf + at + add, in->buf + at + cut, in->len - at - cut);
 	for (size_t i = 0; i < add; i++)
-		in->buf[at + i] = src ? src[i] : (uint8_t)rng_next();
+		in->buf[at + i] = src ? src[i] : (uint8_t)t_rng_next(&rng);
 	in->len = in->len - cut + add;
 }
 
@@ -506,7 +502,7 @@ int main(int argc, char **argv)
 	in.buf = malloc(in.cap);
 	if (!in.buf)
 		return 1;
-	rng_state = seed;
+	t_rng_seed(&rng, seed - T_RNG_STEP);
 	for (size_t i = 0; i < nseeds; i++) {
 		cur_seed = seeds[i].name;
 		cur_mutation = inputs;
