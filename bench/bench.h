@@ -12,6 +12,14 @@
 enum { BENCH_OK = 0, BENCH_FAILED = 1, BENCH_USAGE = 2 };
 
 /**
+ * bench_hash_main - `pdbench hash`: block hashing throughput on one core.
+ * @argc, @argv: the arguments from "hash" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (out of memory) or BENCH_USAGE (bad arguments).
+ */
+int bench_hash_main(int argc, char **argv);
+
+/**
  * bench_index_main - `pdbench index`: replay an .ops stream on the prefix index.
  * @argc, @argv: the arguments from "index" on.
  *

@@ -1,5 +1,5 @@
 /*
- * pdbench: benchmarks of the router's parts, one subcommand each (`pdbench index` so far).
+ * pdbench: benchmarks of the router's parts, one subcommand each (`hash` and `index` so far).
  * Runs on the main thread; subcommands start their own threads where they measure concurrency.
  */
 #include <errno.h>
@@ -18,6 +18,7 @@ struct bench_cmd {
 };
 
 static const struct bench_cmd bench_cmds[] = {
+    {"hash", bench_hash_main, "block hashing throughput on one core (dp_hash_*)"},
     {"index", bench_index_main, "replay an .ops stream on the prefix index (pdx_*)"},
 };
 
