@@ -21,8 +21,6 @@ _Static_assert(PDX_TARGETS_LIMIT <= UINT16_MAX + 1u, "holder sets store target i
  * the kernel has them: a match touches a handful of scattered lines, and on 4 KiB pages each
  * also costs a TLB miss, which under virtualisation is a walk of two page tables.
  */
-#define PDX_HUGE_PAGE (2u << 20)
-
 void *pdx_huge_alloc(size_t bytes)
 {
 	if (bytes < PDX_HUGE_PAGE / 2)

@@ -46,7 +46,7 @@ static int chunk_add(struct pdx *x)
 			free(depth);
 			return -ENOMEM;
 		}
-		pdx_stat_add(x, PDX_STAT(bytes), PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+		pdx_stat_add(x, PDX_STAT(bytes), PDX_HUGE_PAGE); /* the whole mapping */
 	}
 
 	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];

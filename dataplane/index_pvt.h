@@ -172,7 +172,8 @@ struct pdx_dirty {
 };
 
 /* Chunks are carved out of slabs of huge pages (pdx_huge_alloc()). */
-#define PDX_SLAB_CHUNKS 19
+#define PDX_HUGE_PAGE (2u << 20)
+#define PDX_SLAB_CHUNKS ((uint32_t)(PDX_HUGE_PAGE / sizeof(struct pdx_chunk)))
 
 struct pdx {
 	/* Shared with readers. */
