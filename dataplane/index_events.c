@@ -134,9 +134,22 @@ static uint32_t find_child(struct pdx *x, uint32_t prev, uint64_t key, uint64_t 
 }
 
 /*
- * Put @target on existing entry @e; returns 0 or -ENOMEM. The slot's span is zeroed with the
- * new set (the neighbours still hold the old one) until the event's spans are recomputed.
+ * Give live entry @e (holders word @h) the holder set @set. Its span is zeroed with the new
+ * set (the neighbours still hold the old one) until the event's spans are recomputed.
  */
+static void swap_set(struct pdx *x, uint32_t e, uint64_t h, struct pdx_set *set)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, e);
+
+	set->refs++;
+	/* R1: the new set is complete; pairs with A1 in the reader. */
+	atomic_store_explicit(&c->holders[pdx_slot_of(e)], pdx_holders_word(set, h & PDX_CONT, 0),
+			      memory_order_release);
+	pdx_set_unref(x, (struct pdx_set *)pdx_set_of(h));
+	pdx_entry_touch(x, e);
+}
+
+/* Put @target on existing entry @e; returns 0 or -ENOMEM. */
 static int hold_existing(struct pdx *x, uint32_t e, uint32_t target)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
@@ -147,12 +160,7 @@ static int hold_existing(struct pdx *x, uint32_t e, uint32_t target)
 
 	if (!set)
 		return -ENOMEM;
-	set->refs++;
-	/* R1: the new set is complete; pairs with A1 in the reader. */
-	atomic_store_explicit(&c->holders[s], pdx_holders_word(set, h & PDX_CONT, 0),
-			      memory_order_release);
-	pdx_set_unref(x, old);
-	pdx_entry_touch(x, e);
+	swap_set(x, e, h, set);
 	return 0;
 }
 
@@ -356,18 +364,14 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
 		if (pdx_entry_has_next_child(x, e) && pdx_table_reserve(x, 1))
 			return -ENOMEM;
 		pdx_entry_release(x, e);
+		pdx_set_unref(x, old);
 	} else {
 		struct pdx_set *set = pdx_set_without(x, old, target);
 
 		if (!set)
 			return -ENOMEM;
-		set->refs++;
-		/* R1: the new set is complete; pairs with A1 in the reader. */
-		atomic_store_explicit(&c->holders[s], pdx_holders_word(set, h & PDX_CONT, 0),
-				      memory_order_release);
-		pdx_entry_touch(x, e);
+		swap_set(x, e, h, set);
 	}
-	pdx_set_unref(x, old);
 	pdx_stat_add(x, PDX_STAT(blocks_removed), 1);
 	return 0;
 }
@@ -387,17 +391,17 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 		if (j + WRITE_AHEAD < n)
 			pdx_entry_prefetch(x, pdx_idmap_get(map, ext_ids[j + WRITE_AHEAD]));
 
-		uint32_t e = pdx_idmap_del(map, ext_ids[j]);
+		uint32_t pos, e = pdx_idmap_find(map, ext_ids[j], &pos);
 
 		if (e == PDX_NONE) {
 			pdx_stat_add(x, PDX_STAT(remove_unknown), 1);
 			continue;
 		}
 		if (drop_holder(x, e, target)) {
-			pdx_idmap_put(map, ext_ids[j], e); /* reuses the slot just freed */
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
+		pdx_idmap_del_at(map, pos);
 		removed++;
 	}
 	pdx_reclaim(x);
@@ -441,8 +445,7 @@ long pdx_clear(struct pdx *x, uint32_t target)
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
-		map->idx[pos] = PDX_SLOT_TOMB;
-		map->live--;
+		pdx_idmap_del_at(map, pos);
 		removed++;
 	}
 	pdx_idmap_free(x, map);

@@ -57,6 +57,8 @@ uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos)
 			if (free_pos == UINT32_MAX)
 				free_pos = p;
 		} else if (m->ext[p] == ext) {
+			if (pos)
+				*pos = p;
 			return m->idx[p];
 		}
 	}
@@ -86,7 +88,8 @@ void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t 
 	m->idx[pos] = idx;
 }
 
-void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
+/* Insert an absent @ext into a map with room (a rebuild's fresh copy). */
+static void idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
 {
 	uint32_t pos;
 
@@ -114,7 +117,7 @@ static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint64_t want)
 		n.idx[i] = PDX_SLOT_EMPTY;
 	for (uint32_t i = 0; i < m->slots; i++)
 		if (m->idx[i] != PDX_SLOT_EMPTY && m->idx[i] != PDX_SLOT_TOMB)
-			pdx_idmap_put(&n, m->ext[i], m->idx[i]);
+			idmap_put(&n, m->ext[i], m->idx[i]);
 	pdx_idmap_free(x, m);
 	pdx_stat_add(x, PDX_STAT(bytes), idmap_bytes(n.slots));
 	*m = n;
@@ -129,21 +132,10 @@ int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more)
 	return idmap_rebuild(x, m, (uint64_t)m->live + more);
 }
 
-uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext)
+void pdx_idmap_del_at(struct pdx_idmap *m, uint32_t pos)
 {
-	if (!m->idx)
-		return PDX_NONE;
-	for (uint32_t pos = idmap_home(m, ext);; pos = idmap_next(m, pos)) {
-		uint32_t idx = m->idx[pos];
-
-		if (idx == PDX_SLOT_EMPTY)
-			return PDX_NONE;
-		if (idx != PDX_SLOT_TOMB && m->ext[pos] == ext) {
-			m->idx[pos] = PDX_SLOT_TOMB;
-			m->live--;
-			return idx;
-		}
-	}
+	m->idx[pos] = PDX_SLOT_TOMB;
+	m->live--;
 }
 
 void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m)

@@ -235,9 +235,9 @@ static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
 #define PDX_TERM_DEPTH 0x9E3779B97F4A7C15ull
 #define PDX_TERM_MUL 0xBF58476D1CE4E5B9ull
 
-static inline uint64_t pdx_term_at(uint64_t local, uint64_t depth_mix)
+static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
 {
-	uint64_t m = local ^ depth_mix;
+	uint64_t m = local ^ depth * PDX_TERM_DEPTH;
 
 	/* Fold first: a multiply only carries upwards, so a difference in the top bits alone
 	 * would otherwise reach just one lower bit through the final shift. */
@@ -245,10 +245,6 @@ static inline uint64_t pdx_term_at(uint64_t local, uint64_t depth_mix)
 	return m ^ (m >> 29);
 }
 
-static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
-{
-	return pdx_term_at(local, depth * PDX_TERM_DEPTH);
-}
 
 static inline uint32_t pdx_slot_of(uint32_t idx)
 {
@@ -310,15 +306,14 @@ void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
 void pdx_spans_update(struct pdx *x);
 
 /* index_idmap.c */
-/* Entry named by @ext, or PDX_NONE and (if @pos) the slot where pdx_idmap_put_at() puts it. */
+/* Entry named by @ext and (if @pos) its slot, or PDX_NONE and the slot to put it at. */
 uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos);
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
 void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext);
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
-/* Insert an absent @ext; room must have been reserved with pdx_idmap_reserve(). */
-void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx);
+/* Insert an absent @ext where pdx_idmap_find() said; room reserved with pdx_idmap_reserve(). */
 void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx);
-uint32_t pdx_idmap_del(struct pdx_idmap *m, uint64_t ext);
+void pdx_idmap_del_at(struct pdx_idmap *m, uint32_t pos);
 void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m);
 
 #endif
