@@ -121,16 +121,22 @@ __attribute__((constructor)) static void sum_terms_pick(void)
 #define SPAN_STRIDE 32	  /* slots: four cache lines of acc */
 #define PREFETCH_STRIDES 32 /* how far ahead a run is prefetched, in strides */
 
+/* @limit, cut to the slots left in the chunk after slot @s and the blocks left after @i. */
+static size_t slots_ahead(const struct walk *w, uint32_t s, size_t i, size_t limit)
+{
+	if (limit > PDX_CHUNK_SLOTS - 1 - s)
+		limit = PDX_CHUNK_SLOTS - 1 - s;
+	if (limit > w->n - 1 - i)
+		limit = w->n - 1 - i;
+	return limit;
+}
+
 static void prefetch_run(const struct walk *w, uint32_t idx, size_t i)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
 	uint32_t s = pdx_slot_of(idx);
-	size_t reach = w->n - 1 - i;
+	size_t reach = slots_ahead(w, s, i, SPAN_STRIDE * PREFETCH_STRIDES);
 
-	if (reach > PDX_CHUNK_SLOTS - 1 - s)
-		reach = PDX_CHUNK_SLOTS - 1 - s;
-	if (reach > SPAN_STRIDE * PREFETCH_STRIDES)
-		reach = SPAN_STRIDE * PREFETCH_STRIDES;
 	for (size_t p = SPAN_STRIDE; p <= reach; p += SPAN_STRIDE)
 		__builtin_prefetch(&c->acc[s + p]);
 }
@@ -139,14 +145,12 @@ static size_t span_match(const struct walk *w, uint32_t idx, uint64_t word, size
 {
 	const struct pdx_chunk *c = pdx_chunk_of(w->x, idx);
 	uint32_t s = pdx_slot_of(idx);
-	/* From the holders word loaded with A1: the acc of every slot it covers is visible. */
-	size_t span = pdx_span_of(word);
+	/*
+	 * From the holders word loaded with A1: the acc of every slot it covers is visible. The
+	 * writer keeps s + span inside the chunk; clamping to it costs nothing and proves it.
+	 */
+	size_t span = slots_ahead(w, s, i, pdx_span_of(word));
 
-	/* The writer keeps s + span inside the chunk; clamping costs nothing and proves it. */
-	if (span > PDX_CHUNK_SLOTS - 1 - s)
-		span = PDX_CHUNK_SLOTS - 1 - s;
-	if (span > w->n - 1 - i)
-		span = w->n - 1 - i;
 	if (!span)
 		return 0;
 	/* Where the walk most likely goes after the span. */
@@ -157,7 +161,7 @@ static size_t span_match(const struct walk *w, uint32_t idx, uint64_t word, size
 	size_t lo = 0, last = span; /* block i+lo is in slot s+lo; the answer is in [lo, last] */
 
 	for (size_t p = SPAN_STRIDE; p < span; p += SPAN_STRIDE)
-		__builtin_prefetch(&c->acc[s + p]); /* past what prefetch_run() reached */
+		__builtin_prefetch(&c->acc[s + p]); /* not all runs were reached by prefetch_run() */
 	for (size_t p = SPAN_STRIDE < span ? SPAN_STRIDE : span;; p += SPAN_STRIDE) {
 		p = p < span ? p : span;
 		sum += sum_terms(w->local, i + 1 + lo, p - lo);
