@@ -1,0 +1,323 @@
+/*
+ * The routing flow of a dataplane core (routing-semantics §5): aggregated models take one stage;
+ * disaggregated ones a prefill stage, then a decode stage under the prefill target's transfer
+ * rule, with decode-only fallback or, under enforce_disagg, a refusal. Also the core's state:
+ * its reader on the prefix index, its load share, random source, counters and scratch.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hash.h"
+#include "route.h"
+
+int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
+{
+	const struct rt_config *cfg = &rt->cfg;
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	if (index >= cfg->cores || rt->share[index])
+		return -EINVAL;
+	c->rt = rt;
+	c->index = index;
+	c->rng = cfg->seed + index;
+	rc = pdx_reader_attach(rt->index, &c->reader);
+	if (rc)
+		return rc;
+	rc = rt_share_init(&c->share, cfg);
+	c->local = calloc(cfg->max_prompt_blocks, sizeof(uint64_t));
+	c->seq = calloc(cfg->max_prompt_blocks, sizeof(uint64_t));
+	c->match = calloc(rt->index->max_targets, sizeof(*c->match));
+	c->overlap = calloc(rt->index->max_targets, sizeof(uint32_t));
+	c->already = calloc(cfg->max_targets, sizeof(uint32_t));
+	c->touched = calloc(cfg->max_targets, sizeof(uint16_t));
+	c->has_decode = calloc(RT_DOMAIN_KEYS * RT_DOMAIN_VALUES / 64, sizeof(uint64_t));
+	c->weight = calloc(cfg->max_targets, sizeof(double));
+	for (uint32_t s = 0; s < RT_STAGES; s++) {
+		c->cand[s] = calloc(cfg->max_targets, sizeof(struct rt_candidate));
+		rc = rc ? rc : c->cand[s] ? 0 : -ENOMEM;
+	}
+	if (rc || !c->local || !c->seq || !c->match || !c->overlap || !c->already ||
+	    !c->touched || !c->has_decode || !c->weight) {
+		rt_core_destroy(c);
+		return -ENOMEM;
+	}
+	rt->share[index] = &c->share;
+	return 0;
+}
+
+void rt_core_destroy(struct rt_core *c)
+{
+	if (c->rt && c->rt->share[c->index] == &c->share)
+		c->rt->share[c->index] = NULL;
+	if (c->reader)
+		pdx_reader_detach(c->reader);
+	rt_share_destroy(&c->share);
+	free(c->local);
+	free(c->seq);
+	free(c->match);
+	free(c->overlap);
+	free(c->already);
+	free(c->touched);
+	free(c->has_decode);
+	free(c->weight);
+	for (uint32_t s = 0; s < RT_STAGES; s++)
+		free(c->cand[s]);
+	memset(c, 0, sizeof(*c));
+}
+
+/* splitmix64: small state, so a peek can put it back. */
+uint64_t rt_core_random(struct rt_core *c)
+{
+	uint64_t x = (c->rng += 0x9E3779B97F4A7C15ull);
+
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+	return x ^ (x >> 31);
+}
+
+void rt_core_add(struct rt_core *c, size_t stat, uint64_t v)
+{
+	/* Single writer: a relaxed load and store are an exact update; readers copy relaxed. */
+	atomic_store_explicit(&c->stat[stat],
+			      atomic_load_explicit(&c->stat[stat], memory_order_relaxed) + v,
+			      memory_order_relaxed);
+}
+
+void rt_core_stats(const struct rt_core *c, struct rt_core_stats *out)
+{
+	uint64_t v[RT_NSTATS];
+
+	for (size_t i = 0; i < RT_NSTATS; i++)
+		v[i] = atomic_load_explicit(&c->stat[i], memory_order_relaxed);
+	memcpy(out, v, sizeof(*out));
+}
+
+const struct rt_explain *rt_core_explain(const struct rt_core *c, enum rt_stage stage)
+{
+	return (unsigned)stage < RT_STAGES ? &c->explain[stage] : NULL;
+}
+
+/* The stage policy: router defaults, then the request's overrides, then the stage's rules. */
+static struct rt_policy stage_policy(const struct rt_core *c, const struct rt_request *rq,
+				     enum rt_stage stage)
+{
+	struct rt_policy p = c->rt->cfg.policy;
+	const struct rt_overrides *ov = &rq->ov;
+
+	if (ov->set & RT_OV_CREDIT)
+		p.overlap_score_credit = ov->overlap_score_credit;
+	if (ov->set & RT_OV_LOAD_SCALE)
+		p.prefill_load_scale = ov->prefill_load_scale;
+	if (ov->set & RT_OV_TEMPERATURE)
+		p.temperature = ov->temperature;
+	if (ov->set & RT_OV_KV_REUSE)
+		p.assume_kv_reuse = ov->assume_kv_reuse;
+	if (ov->set & RT_OV_PREFILL_TOKENS)
+		p.track_prefill_tokens = ov->track_prefill_tokens;
+	if (stage == RT_STAGE_PREFILL) {
+		p.track_active_blocks = false; /* prefill workers do not decode */
+	} else if (stage == RT_STAGE_DECODE) {
+		p.overlap_score_credit = 0.0; /* decode must not chase prefix reuse */
+		p.assume_kv_reuse = false;
+		p.track_prefill_tokens = false;
+	}
+	return p;
+}
+
+/* Block size the serving (decode and aggregated) pools share; 0 when both are empty. */
+static uint32_t serving_block_size(const struct rt_model *md)
+{
+	return md->pool[RT_DECODE].n ? md->pool[RT_DECODE].block_size
+				     : md->pool[RT_AGGREGATED].block_size;
+}
+
+/* Validate @rq and start a new request's scratch: returns its model or a negative errno. */
+static int request_begin(struct rt_core *c, const struct rt_request *rq,
+			 const struct rt_model **md)
+{
+	const struct rt_overrides *ov = &rq->ov;
+
+	if (rq->model >= c->rt->nmodels)
+		return -ENOENT;
+	if ((!rq->tokens && rq->ntokens) || !isfinite(ov->overlap_score_credit) ||
+	    !isfinite(ov->prefill_load_scale) || !isfinite(ov->temperature) ||
+	    ov->temperature < 0.0)
+		return -EINVAL;
+	*md = &c->rt->model[rq->model];
+	c->hashed_bs = 0;
+	c->has_decode_keys = 0;
+	return 0;
+}
+
+/* Run stage @stage of @md for @rq; the prompt must fit the stage's block size. */
+static int stage_run(struct rt_core *c, const struct rt_request *rq, const struct rt_model *md,
+		     enum rt_stage stage, const struct rt_target *prefill, struct rt_choice *out)
+{
+	struct rt_stage_in in = {
+	    .stage = stage,
+	    .md = md,
+	    .pol = stage_policy(c, rq, stage),
+	    .pin = stage == RT_STAGE_PREFILL ? rq->pin_prefill : rq->pin_target,
+	    .prefill = prefill,
+	};
+
+	in.block_size = stage == RT_STAGE_PREFILL ? md->pool[RT_PREFILL].block_size
+						  : serving_block_size(md);
+	memset(out, 0, sizeof(*out));
+	if (in.block_size && rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks)
+		return -E2BIG;
+	if (!in.block_size) { /* empty pools: explain the empty decision */
+		c->explain[stage] = (struct rt_explain){.stage = stage, .outcome = -ENODEV,
+							.model = rq->model, .policy = in.pol,
+							.cand = c->cand[stage]};
+		rt_core_add(c, RT_STAT(decisions), 1);
+		return -ENODEV;
+	}
+	return rt_stage_decide(c, rq, &in, out);
+}
+
+/* Count the final outcome of an API call; a peek puts the random source back. */
+static int finish(struct rt_core *c, const struct rt_request *rq, uint64_t rng, int rc)
+{
+	if (rq->peek) {
+		c->rng = rng;
+		rt_core_add(c, RT_STAT(peeks), 1);
+	}
+	if (rc == -ENODEV)
+		rt_core_add(c, RT_STAT(no_target), 1);
+	else if (rc == -EBUSY)
+		rt_core_add(c, RT_STAT(overloaded), 1);
+	else if (rc == -EXDEV)
+		rt_core_add(c, RT_STAT(no_decode_domain), 1);
+	return rc;
+}
+
+static int route_disagg(struct rt_core *c, const struct rt_request *rq, const struct rt_model *md,
+			struct rt_plan *plan)
+{
+	const struct rt_target *p;
+	int rc = stage_run(c, rq, md, RT_STAGE_PREFILL, NULL, &plan->first);
+
+	if (rc == -ENODEV || rc == -EBUSY) {
+		if (c->rt->cfg.enforce_disagg) {
+			rt_core_add(c, RT_STAT(enforce_refused), 1);
+			return rc;
+		}
+		rt_core_add(c, RT_STAT(fallback_no_prefill), 1);
+		plan->kind = RT_PLAN_FALLBACK;
+		return stage_run(c, rq, md, RT_STAGE_FALLBACK, NULL, &plan->first);
+	}
+	if (rc || !c->rt->cfg.bootstrap)
+		return rc;
+	p = &c->rt->target[plan->first.target];
+	rc = stage_run(c, rq, md, RT_STAGE_DECODE, p, &plan->decode);
+	if (rc) {
+		if (plan->first.load)
+			rt_share_release(&c->share, c->rt->cfg.max_requests, plan->first.load);
+		plan->first.load = 0;
+		return rc;
+	}
+	plan->kind = RT_PLAN_BOOTSTRAP;
+	plan->room_id = rt_core_random(c) >> 1;
+	return 0;
+}
+
+int rt_route(struct rt_core *c, const struct rt_request *rq, struct rt_plan *plan)
+{
+	const struct rt_model *md;
+	uint64_t rng = c->rng;
+	int rc = request_begin(c, rq, &md);
+
+	memset(plan, 0, sizeof(*plan));
+	if (rc)
+		return finish(c, rq, rng, rc);
+	if (rt_disagg_active(c->rt, rq->model)) {
+		plan->kind = RT_PLAN_DISAGG;
+		rc = route_disagg(c, rq, md, plan);
+	} else {
+		plan->kind = RT_PLAN_AGGREGATED;
+		rc = stage_run(c, rq, md, RT_STAGE_AGGREGATED, NULL, &plan->first);
+	}
+	return finish(c, rq, rng, rc);
+}
+
+int rt_route_decode(struct rt_core *c, const struct rt_request *rq, uint16_t prefill,
+		    struct rt_choice *out)
+{
+	const struct rt_model *md;
+	const struct rt_target *p;
+	uint64_t rng = c->rng;
+	int rc = request_begin(c, rq, &md);
+
+	memset(out, 0, sizeof(*out));
+	if (rc)
+		return finish(c, rq, rng, rc);
+	if (prefill >= c->rt->cfg.max_targets)
+		return finish(c, rq, rng, -ENOENT);
+	p = &c->rt->target[prefill];
+	if (p->state != RT_TARGET_LIVE || p->model != rq->model || p->type != RT_PREFILL)
+		return finish(c, rq, rng, -ENOENT);
+	rc = stage_run(c, rq, md, RT_STAGE_DECODE, p, out);
+	return finish(c, rq, rng, rc);
+}
+
+int rt_route_fallback(struct rt_core *c, const struct rt_request *rq, struct rt_choice *out)
+{
+	const struct rt_model *md;
+	uint64_t rng = c->rng;
+	int rc = request_begin(c, rq, &md);
+
+	memset(out, 0, sizeof(*out));
+	if (rc)
+		return finish(c, rq, rng, rc);
+	rt_core_add(c, RT_STAT(fallback_prefill_failed), 1);
+	if (c->rt->cfg.enforce_disagg) {
+		rt_core_add(c, RT_STAT(enforce_refused), 1);
+		return finish(c, rq, rng, -EPERM);
+	}
+	rc = stage_run(c, rq, md, RT_STAGE_FALLBACK, NULL, out);
+	return finish(c, rq, rng, rc);
+}
+
+int rt_first_token(struct rt_core *c, rt_load_t load)
+{
+	int rc = rt_share_first_token(&c->share, c->rt->cfg.max_requests, load);
+
+	if (rc)
+		rt_core_add(c, RT_STAT(stale_handle), 1);
+	return rc;
+}
+
+int rt_release(struct rt_core *c, rt_load_t load)
+{
+	int rc = rt_share_release(&c->share, c->rt->cfg.max_requests, load);
+
+	rt_core_add(c, rc ? RT_STAT(stale_handle) : RT_STAT(released), 1);
+	return rc;
+}
+
+size_t rt_sweep(struct rt_core *c, uint64_t now_ns)
+{
+	size_t n = rt_share_sweep(&c->share, now_ns, c->rt->cfg.expiry_ns);
+
+	rt_core_add(c, RT_STAT(expired), n);
+	return n;
+}
+
+const char *rt_stage_name(enum rt_stage stage)
+{
+	static const char *const name[RT_STAGES] = {"aggregated", "prefill", "decode", "fallback"};
+
+	return (unsigned)stage < RT_STAGES ? name[stage] : "unknown";
+}
+
+const char *rt_filter_name(enum rt_filter filter)
+{
+	static const char *const name[] = {"eligible", "pin", "topology", "no_decode_in_domain",
+					   "busy_kv", "busy_prefill"};
+
+	return (unsigned)filter < sizeof(name) / sizeof(name[0]) ? name[filter] : "unknown";
+}

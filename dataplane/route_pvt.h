@@ -1,0 +1,205 @@
+/*
+ * @internal Routing policy internals; include route.h, never this file.
+ *
+ * Who writes what:
+ * - struct rt_router (registry): the control thread, while no core routes. Issue 4 puts it
+ *   behind RCU snapshots; until then registration and routing must not overlap. The one
+ *   exception is the worker-reported load in struct rt_target, stored relaxed while cores read.
+ * - struct rt_share (predicted load of one core): that core alone. Other cores read its
+ *   per-target counters relaxed to sum a target's load, so no cache line is written by two
+ *   cores per request; a block in flight from two cores on one target counts twice (dedup is
+ *   per core), which only errs towards spreading load.
+ * - struct rt_core: its thread alone, apart from the counters that rt_core_stats() reads.
+ */
+#ifndef PD_DATAPLANE_ROUTE_PVT_H
+#define PD_DATAPLANE_ROUTE_PVT_H
+
+#ifndef PD_DATAPLANE_ROUTE_H
+#error "include route.h, not route_pvt.h"
+#endif
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define RT_NIL UINT32_MAX
+#define RT_STAGES 4u
+#define RT_CHUNK_SEQS 62u /* sequence hashes per chunk: a chunk and its link fill 8 lines */
+
+enum rt_target_state { RT_TARGET_FREE, RT_TARGET_LIVE, RT_TARGET_DRAINING };
+
+/* A transfer rule resolved at registration: a domain key id instead of a name. */
+struct rt_rule {
+	int8_t key;		/* domain key id, or -1: no rule */
+	uint8_t enforcement;	/* enum rt_enforcement */
+	double discount;	/* exp(-tanh(preferred_weight)) */
+};
+
+struct rt_target {
+	uint32_t worker;
+	uint32_t dp_rank;
+	uint16_t model;
+	uint8_t type;	/* enum rt_worker_type */
+	uint8_t state;	/* enum rt_target_state */
+	uint32_t block_size;
+	uint64_t kv_capacity_blocks;
+	uint16_t domain[RT_DOMAIN_KEYS]; /* value id per domain key; 0: not given */
+	struct rt_rule rule;		 /* applies when this target prefills */
+	/* Writer: control thread (rt_report_load); cores read relaxed: a stale value only delays
+	 * a busy verdict by one report. */
+	_Atomic uint64_t reported_used_blocks;
+	_Atomic uint64_t reported_prefill_tokens;
+};
+
+struct rt_worker {
+	uint32_t id;
+	bool live;
+	bool draining;	  /* unregistered, index drop still owed */
+	uint16_t ntargets;
+	uint16_t *targets; /* by DP rank, from dp_rank_start */
+};
+
+struct rt_pool {
+	uint16_t *targets; /* room for max_targets */
+	uint32_t n;
+	uint32_t block_size; /* of its first target; 0 while empty */
+};
+
+struct rt_model {
+	char *name;
+	size_t len;
+	struct rt_pool pool[RT_WORKER_TYPES];
+};
+
+struct rt_router {
+	struct rt_config cfg;
+	struct pdx *index;
+	struct rt_rule rule; /* the global transfer rule */
+	struct rt_target *target;
+	uint32_t target_cursor; /* next id to try: ids are reused as late as possible */
+	struct rt_worker *worker;
+	uint32_t nworkers;
+	struct rt_model *model;
+	uint32_t nmodels;
+	char *domain_key[RT_DOMAIN_KEYS];
+	uint32_t ndomain_keys;
+	char **domain_value; /* [RT_DOMAIN_VALUES], id i + 1 */
+	uint8_t *domain_value_key;
+	uint32_t ndomain_values;
+	/* Set by rt_core_init() before the core routes, read by every core to sum loads;
+	 * cores are all set up before routing starts and torn down after it stops. */
+	struct rt_share *share[RT_CORES_LIMIT];
+};
+
+/* A core's predicted load on one target. Writer: that core; readers: all cores, relaxed. */
+struct rt_tload {
+	_Atomic uint64_t blocks;
+	_Atomic uint64_t prefill_tokens;
+};
+
+/* A deduplicated in-flight block: @refs requests on @target carry prefix @seq. refs 0: empty. */
+struct rt_active {
+	uint64_t seq;
+	uint32_t target;
+	uint32_t refs;
+};
+
+/* One in-flight request's load. */
+struct rt_inflight {
+	uint64_t start_ns;
+	uint64_t prefill_tokens; /* still counted while prefill_pending */
+	uint32_t gen;		 /* bumped on release: stale handles miss */
+	uint16_t target;
+	bool live;
+	bool prefill_pending;
+	uint32_t nmapped;  /* blocks in the dedup table, their hashes in chunks */
+	uint32_t nprivate; /* blocks counted without dedup */
+	uint32_t chunk;	   /* first chunk of hashes, or RT_NIL */
+	uint32_t prev, next; /* FIFO by start time while live; next: free list */
+};
+
+struct rt_share {
+	struct rt_tload *tl; /* [max_targets] */
+	struct rt_active *map;
+	uint32_t map_mask;
+	uint32_t map_live;
+	uint32_t map_limit; /* at most half full: probe runs stay short */
+	uint64_t *chunk_seq; /* RT_CHUNK_SEQS per chunk */
+	uint32_t *chunk_next;
+	uint32_t chunk_free;
+	struct rt_inflight *req;
+	uint32_t free_head;
+	uint32_t fifo_head, fifo_tail;
+};
+
+#define RT_NSTATS (sizeof(struct rt_core_stats) / sizeof(uint64_t))
+
+struct rt_core {
+	struct rt_router *rt;
+	uint32_t index;
+	struct pdx_reader *reader;
+	struct rt_share share;
+	uint64_t rng; /* splitmix64 state */
+	/* Writer: this core (relaxed load + store, never a locked RMW); rt_core_stats() reads. */
+	_Atomic uint64_t stat[RT_NSTATS];
+	/* Prompt hashes of the current request, at block size @hashed_bs (0: none yet). */
+	uint64_t *local;
+	uint64_t *seq;
+	uint32_t hashed_bs;
+	bool seq_ready;
+	/* Per-target scratch; all zero between decisions (cleared through @touched). */
+	struct pdx_overlap *match;
+	uint32_t *overlap;
+	uint32_t *already;
+	uint16_t *touched;
+	uint32_t ntouched;
+	/* Domain values that hold a serving target of the model, per key (RT_FILTER_NO_DECODE). */
+	uint64_t *has_decode; /* [RT_DOMAIN_KEYS][RT_DOMAIN_VALUES / 64] */
+	uint32_t has_decode_keys;
+	double *weight; /* temperature sampling */
+	struct rt_candidate *cand[RT_STAGES];
+	struct rt_explain explain[RT_STAGES];
+};
+
+/* What one routing stage decides over (route_score.c). */
+struct rt_stage_in {
+	enum rt_stage stage;
+	const struct rt_model *md;
+	struct rt_policy pol;
+	uint32_t block_size;
+	int32_t pin;
+	const struct rt_target *prefill; /* decode stage: whose transfer rule applies; or NULL */
+};
+
+/* A stage's load to record (route_load.c). */
+struct rt_share_load {
+	uint64_t now_ns;
+	const uint64_t *seq; /* sequence hashes to deduplicate, or NULL: all blocks count */
+	uint32_t blocks;
+	uint64_t prefill_tokens;
+	uint16_t target;
+};
+
+/* route_load.c: the core's own predicted load. */
+int rt_share_init(struct rt_share *s, const struct rt_config *cfg);
+void rt_share_destroy(struct rt_share *s);
+/* already[t] += leading blocks of @seq in flight on t; first-touched targets go to @touched. */
+void rt_share_already(const struct rt_share *s, const uint64_t *seq, uint32_t n,
+		      uint32_t *already, uint16_t *touched, uint32_t *ntouched);
+/* Returns 0 with *out set, or -ENOBUFS; *untracked: blocks not deduplicated (table full). */
+int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *out,
+		 uint32_t *untracked);
+int rt_share_first_token(struct rt_share *s, uint32_t max_requests, rt_load_t h);
+int rt_share_release(struct rt_share *s, uint32_t max_requests, rt_load_t h);
+size_t rt_share_sweep(struct rt_share *s, uint64_t now_ns, uint64_t expiry_ns);
+
+/* route_score.c: filter, score, select and record one stage. */
+int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
+		    struct rt_choice *out);
+
+/* route.c */
+uint64_t rt_core_random(struct rt_core *c);
+void rt_core_add(struct rt_core *c, size_t stat, uint64_t v);
+
+#define RT_STAT(name) (offsetof(struct rt_core_stats, name) / sizeof(uint64_t))
+
+#endif

@@ -1,0 +1,507 @@
+/*
+ * The registry behind routing: models and their three pools, workers and their routing
+ * targets (one per DP rank), interned topology domains and the transfer rules.
+ * Control thread only; cores read it between registrations (route_pvt.h says who writes what).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hash.h"
+#include "route.h"
+
+#define RT_DEFAULT_MODELS 64u
+#define RT_DEFAULT_REQUESTS 16384u
+#define RT_DEFAULT_ACTIVE_BLOCKS (1u << 20)
+
+void rt_policy_default(struct rt_policy *p)
+{
+	*p = (struct rt_policy){
+	    .overlap_score_credit = 1.0,
+	    .prefill_load_scale = 1.0,
+	    .temperature = 0.0,
+	    .assume_kv_reuse = true,
+	    .track_active_blocks = true,
+	    .track_prefill_tokens = true,
+	};
+}
+
+void rt_config_default(struct rt_config *cfg)
+{
+	*cfg = (struct rt_config){.expiry_ns = RT_DEFAULT_EXPIRY_NS};
+	rt_policy_default(&cfg->policy);
+}
+
+/* printf into the caller's reason buffer, if any; returns @rc so callers can return it. */
+static int refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static bool name_ok(const char *s)
+{
+	return s && s[0] && strlen(s) <= RT_NAME_MAX;
+}
+
+static int domain_key_find(const struct rt_router *rt, const char *name)
+{
+	for (uint32_t i = 0; i < rt->ndomain_keys; i++)
+		if (strcmp(rt->domain_key[i], name) == 0)
+			return (int)i;
+	return -ENOENT;
+}
+
+/* Id of domain key @name, interned on first use. Interned names outlive their workers. */
+static int domain_key_intern(struct rt_router *rt, const char *name)
+{
+	int k = domain_key_find(rt, name);
+
+	if (k >= 0)
+		return k;
+	if (rt->ndomain_keys == RT_DOMAIN_KEYS)
+		return -ENOSPC;
+	if (!(rt->domain_key[rt->ndomain_keys] = strdup(name)))
+		return -ENOMEM;
+	return (int)rt->ndomain_keys++;
+}
+
+/* Value id (>= 1) of @value under key @key, interned on first use. */
+static int domain_value_intern(struct rt_router *rt, int key, const char *value)
+{
+	for (uint32_t i = 0; i < rt->ndomain_values; i++)
+		if (rt->domain_value_key[i] == key && strcmp(rt->domain_value[i], value) == 0)
+			return (int)i + 1;
+	if (rt->ndomain_values == RT_DOMAIN_VALUES - 1) /* ids fit the per-key bitmaps */
+		return -ENOSPC;
+	if (!(rt->domain_value[rt->ndomain_values] = strdup(value)))
+		return -ENOMEM;
+	rt->domain_value_key[rt->ndomain_values] = (uint8_t)key;
+	return (int)++rt->ndomain_values;
+}
+
+/* Turn a configured transfer rule into ids; @t->domain NULL gives "no rule". */
+static int rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struct rt_rule *out,
+			char *err, size_t errlen)
+{
+	int key;
+
+	*out = (struct rt_rule){.key = -1, .enforcement = RT_TRANSFER_NONE, .discount = 1.0};
+	if (!t->domain)
+		return 0;
+	if (!name_ok(t->domain))
+		return refuse(err, errlen, -EINVAL, "transfer domain name empty or too long");
+	if (t->enforcement > RT_TRANSFER_REQUIRED)
+		return refuse(err, errlen, -EINVAL, "transfer enforcement %d unknown",
+			      (int)t->enforcement);
+	if (!(t->preferred_weight >= 0.0 && t->preferred_weight <= 1.0))
+		return refuse(err, errlen, -EINVAL, "preferred weight %g not in [0, 1]",
+			      t->preferred_weight);
+	key = domain_key_intern(rt, t->domain);
+	if (key < 0)
+		return refuse(err, errlen, key, "more than %u topology domain names", RT_DOMAIN_KEYS);
+	out->key = (int8_t)key;
+	out->enforcement = (uint8_t)t->enforcement;
+	out->discount = exp(-tanh(t->preferred_weight));
+	return 0;
+}
+
+/* Fill the zeros of @cfg with defaults; -EINVAL for a value out of range. */
+static int config_check(struct rt_config *cfg, const struct pdx *index)
+{
+	if (!cfg->max_targets)
+		cfg->max_targets = index->max_targets;
+	if (!cfg->max_models)
+		cfg->max_models = RT_DEFAULT_MODELS;
+	if (!cfg->cores)
+		cfg->cores = 1;
+	if (!cfg->max_requests)
+		cfg->max_requests = RT_DEFAULT_REQUESTS;
+	if (!cfg->max_active_blocks)
+		cfg->max_active_blocks = RT_DEFAULT_ACTIVE_BLOCKS;
+	if (!cfg->max_prompt_blocks)
+		cfg->max_prompt_blocks = PDX_MATCH_MAX_BLOCKS;
+	if (cfg->max_targets > index->max_targets || cfg->cores > RT_CORES_LIMIT ||
+	    cfg->max_prompt_blocks > PDX_MATCH_MAX_BLOCKS || cfg->max_models > UINT16_MAX ||
+	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > (1u << 30))
+		return -EINVAL;
+	/* Written as negations so that NaN fails too. */
+	if (!(cfg->busy_kv_fraction >= 0.0) || !(cfg->policy.temperature >= 0.0) ||
+	    !isfinite(cfg->policy.temperature) || !isfinite(cfg->policy.overlap_score_credit) ||
+	    !isfinite(cfg->policy.prefill_load_scale))
+		return -EINVAL;
+	return 0;
+}
+
+int rt_router_init(struct rt_router *rt, const struct rt_config *cfg, struct pdx *index)
+{
+	int rc;
+
+	memset(rt, 0, sizeof(*rt));
+	if (cfg)
+		rt->cfg = *cfg;
+	else
+		rt_config_default(&rt->cfg);
+	rc = config_check(&rt->cfg, index);
+	if (rc)
+		return rc;
+	rt->index = index;
+	rt->target = calloc(rt->cfg.max_targets, sizeof(*rt->target));
+	rt->worker = calloc(rt->cfg.max_targets, sizeof(*rt->worker));
+	rt->model = calloc(rt->cfg.max_models, sizeof(*rt->model));
+	rt->domain_value = calloc(RT_DOMAIN_VALUES, sizeof(*rt->domain_value));
+	rt->domain_value_key = calloc(RT_DOMAIN_VALUES, 1);
+	rc = -ENOMEM;
+	if (rt->target && rt->worker && rt->model && rt->domain_value && rt->domain_value_key)
+		rc = rule_resolve(rt, &rt->cfg.transfer, &rt->rule, NULL, 0);
+	rt->cfg.transfer.domain = NULL; /* resolved into rt->rule; the string stays the caller's */
+	if (rc)
+		rt_router_destroy(rt);
+	return rc;
+}
+
+void rt_router_destroy(struct rt_router *rt)
+{
+	for (uint32_t m = 0; rt->model && m < rt->nmodels; m++) {
+		free(rt->model[m].name);
+		for (int p = 0; p < RT_WORKER_TYPES; p++)
+			free(rt->model[m].pool[p].targets);
+	}
+	for (uint32_t w = 0; rt->worker && w < rt->nworkers; w++)
+		free(rt->worker[w].targets);
+	for (uint32_t i = 0; i < rt->ndomain_keys; i++)
+		free(rt->domain_key[i]);
+	for (uint32_t i = 0; i < rt->ndomain_values; i++)
+		free(rt->domain_value[i]);
+	free(rt->domain_value);
+	free(rt->domain_value_key);
+	free(rt->model);
+	free(rt->worker);
+	free(rt->target);
+	memset(rt, 0, sizeof(*rt));
+}
+
+int rt_model_find(const struct rt_router *rt, const char *name, size_t len)
+{
+	for (uint32_t m = 0; m < rt->nmodels; m++)
+		if (rt->model[m].len == len && memcmp(rt->model[m].name, name, len) == 0)
+			return (int)m;
+	return -ENOENT;
+}
+
+/* Model @name, created with empty pools on first use. Models keep their id forever. */
+static int model_intern(struct rt_router *rt, const char *name)
+{
+	size_t len = strlen(name);
+	int m = rt_model_find(rt, name, len);
+	struct rt_model *md;
+
+	if (m >= 0)
+		return m;
+	if (rt->nmodels == rt->cfg.max_models)
+		return -ENOSPC;
+	md = &rt->model[rt->nmodels];
+	md->name = strdup(name);
+	if (!md->name)
+		return -ENOMEM;
+	md->len = len;
+	for (int p = 0; p < RT_WORKER_TYPES; p++) {
+		md->pool[p].targets = calloc(rt->cfg.max_targets, sizeof(uint16_t));
+		if (!md->pool[p].targets) {
+			for (int q = 0; q <= p; q++)
+				free(md->pool[q].targets);
+			free(md->name);
+			memset(md, 0, sizeof(*md));
+			return -ENOMEM;
+		}
+	}
+	return (int)rt->nmodels++;
+}
+
+static struct rt_worker *worker_find(const struct rt_router *rt, uint32_t id)
+{
+	for (uint32_t w = 0; w < rt->nworkers; w++)
+		if ((rt->worker[w].live || rt->worker[w].draining) && rt->worker[w].id == id)
+			return &rt->worker[w];
+	return NULL;
+}
+
+static struct rt_worker *worker_slot(struct rt_router *rt)
+{
+	for (uint32_t w = 0; w < rt->nworkers; w++)
+		if (!rt->worker[w].live && !rt->worker[w].draining)
+			return &rt->worker[w];
+	return rt->nworkers < rt->cfg.max_targets ? &rt->worker[rt->nworkers++] : NULL;
+}
+
+int rt_target_find(const struct rt_router *rt, uint32_t worker, uint32_t dp_rank)
+{
+	const struct rt_worker *w = worker_find(rt, worker);
+
+	if (!w || !w->live)
+		return -ENOENT;
+	for (uint16_t i = 0; i < w->ntargets; i++)
+		if (rt->target[w->targets[i]].dp_rank == dp_rank)
+			return w->targets[i];
+	return -ENOENT;
+}
+
+bool rt_disagg_active(const struct rt_router *rt, uint32_t model)
+{
+	const struct rt_model *md;
+
+	if (model >= rt->nmodels)
+		return false;
+	md = &rt->model[model];
+	return md->pool[RT_PREFILL].n > 0 &&
+	       md->pool[RT_DECODE].n + md->pool[RT_AGGREGATED].n > 0;
+}
+
+/* The needs and model type each worker type must register with (routing-semantics §5). */
+static int spec_check_roles(const struct rt_worker_spec *s, char *err, size_t errlen)
+{
+	static const uint32_t needs[RT_WORKER_TYPES] = {
+	    [RT_PREFILL] = RT_NEEDS_DECODE, [RT_DECODE] = RT_NEEDS_PREFILL, [RT_AGGREGATED] = 0};
+	static const char *const type_name[RT_WORKER_TYPES] = {"prefill", "decode", "aggregated"};
+
+	if ((unsigned)s->type >= RT_WORKER_TYPES)
+		return refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
+	if ((unsigned)s->model_type > RT_MODEL_EMPTY)
+		return refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
+	if ((s->type == RT_PREFILL) != (s->model_type == RT_MODEL_EMPTY))
+		return refuse(err, errlen, -EINVAL,
+			      "a %s worker must register model type %s", type_name[s->type],
+			      s->type == RT_PREFILL ? "empty" : "chat or completions");
+	if (s->needs != needs[s->type])
+		return refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
+			      type_name[s->type],
+			      s->type == RT_PREFILL ? "decode"
+			      : s->type == RT_DECODE ? "prefill"
+						     : "nothing",
+			      s->needs);
+	return 0;
+}
+
+static int spec_check(const struct rt_router *rt, const struct rt_worker_spec *s, char *err,
+		      size_t errlen)
+{
+	int rc;
+
+	if (!name_ok(s->model))
+		return refuse(err, errlen, -EINVAL, "model name empty or longer than %u bytes",
+			      RT_NAME_MAX);
+	rc = spec_check_roles(s, err, errlen);
+	if (rc)
+		return rc;
+	if (!dp_hash_block_size_ok(s->block_size))
+		return refuse(err, errlen, -EINVAL,
+			      "block size %u is not a power of two in [1, %u]", s->block_size,
+			      DP_HASH_MAX_BLOCK);
+	if (!s->kv_capacity_blocks || !s->max_batched_tokens)
+		return refuse(err, errlen, -EINVAL, "KV capacity and max batched tokens must be > 0");
+	if (!s->dp_ranks || s->dp_ranks > rt->cfg.max_targets ||
+	    s->dp_rank_start > UINT32_MAX - s->dp_ranks)
+		return refuse(err, errlen, -EINVAL, "DP rank range %u+%u invalid", s->dp_rank_start,
+			      s->dp_ranks);
+	if (s->ndomains > RT_DOMAIN_KEYS || (s->ndomains && !s->domains))
+		return refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
+	for (size_t i = 0; i < s->ndomains; i++) {
+		if (!name_ok(s->domains[i].name) || !name_ok(s->domains[i].value))
+			return refuse(err, errlen, -EINVAL,
+				      "topology domain %zu: name or value empty or too long", i);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(s->domains[i].name, s->domains[j].name) == 0)
+				return refuse(err, errlen, -EINVAL, "topology domain '%s' given twice",
+					      s->domains[i].name);
+	}
+	return 0;
+}
+
+/*
+ * Refuse a block size that differs from the pool's: it would give zero overlap forever. Decode
+ * and aggregated workers serve one stage together, so their two pools share one block size.
+ */
+static int pool_check(const struct rt_router *rt, int model, const struct rt_worker_spec *s,
+		      char *err, size_t errlen)
+{
+	const struct rt_model *md = &rt->model[model];
+
+	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
+		const struct rt_pool *pool = &md->pool[p];
+
+		if ((p == RT_PREFILL) != (s->type == RT_PREFILL) || !pool->n ||
+		    pool->block_size == s->block_size)
+			continue;
+		return refuse(err, errlen, -EINVAL,
+			      "block size %u differs from the %u of model '%s''s %s pool",
+			      s->block_size, pool->block_size, s->model,
+			      p == RT_PREFILL ? "prefill" : "decode/aggregated");
+	}
+	return 0;
+}
+
+/* Reserve @n free target ids into @ids, starting after the last id handed out. */
+static int targets_reserve(struct rt_router *rt, uint32_t n, uint16_t *ids)
+{
+	uint32_t max = rt->cfg.max_targets, got = 0;
+
+	for (uint32_t i = 0; i < max && got < n; i++) {
+		uint32_t t = (rt->target_cursor + i) % max;
+
+		if (rt->target[t].state == RT_TARGET_FREE)
+			ids[got++] = (uint16_t)t;
+	}
+	if (got < n)
+		return -ENOSPC;
+	rt->target_cursor = (ids[n - 1] + 1u) % max;
+	return 0;
+}
+
+/* Fill target @t for DP rank @rank of @s. */
+static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint32_t rank,
+			int model, const struct rt_worker_spec *s, const struct rt_rule *rule)
+{
+	struct rt_target *tg = &rt->target[t];
+	int key, val;
+
+	memset(tg->domain, 0, sizeof(tg->domain));
+	for (size_t i = 0; i < s->ndomains; i++) {
+		key = domain_key_intern(rt, s->domains[i].name);
+		if (key < 0)
+			return key;
+		val = domain_value_intern(rt, key, s->domains[i].value);
+		if (val < 0)
+			return val;
+		tg->domain[key] = (uint16_t)val;
+	}
+	tg->worker = worker;
+	tg->dp_rank = rank;
+	tg->model = (uint16_t)model;
+	tg->type = (uint8_t)s->type;
+	tg->block_size = s->block_size;
+	tg->kv_capacity_blocks = s->kv_capacity_blocks;
+	tg->rule = *rule;
+	atomic_store_explicit(&tg->reported_used_blocks, 0, memory_order_relaxed);
+	atomic_store_explicit(&tg->reported_prefill_tokens, 0, memory_order_relaxed);
+	return 0;
+}
+
+int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_spec *spec,
+		char *err, size_t errlen)
+{
+	struct rt_rule rule = rt->rule;
+	struct rt_worker *w;
+	struct rt_pool *pool;
+	uint16_t *ids;
+	int rc, model;
+
+	if (err && errlen)
+		err[0] = '\0';
+	if (!spec)
+		return refuse(err, errlen, -EINVAL, "no registration");
+	if (worker_find(rt, worker))
+		return refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
+	rc = spec_check(rt, spec, err, errlen);
+	if (rc)
+		return rc;
+	if (spec->transfer.domain) {
+		rc = rule_resolve(rt, &spec->transfer, &rule, err, errlen);
+		if (rc)
+			return rc;
+	}
+	model = model_intern(rt, spec->model);
+	if (model < 0)
+		return refuse(err, errlen, model, "no room for model '%s'", spec->model);
+	rc = pool_check(rt, model, spec, err, errlen);
+	if (rc)
+		return rc;
+	ids = calloc(spec->dp_ranks, sizeof(*ids));
+	if (!ids)
+		return refuse(err, errlen, -ENOMEM, "out of memory");
+	w = worker_slot(rt);
+	rc = w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
+	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
+		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, model, spec, &rule);
+	if (rc) {
+		free(ids);
+		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+					       : "no routing target or topology value left");
+	}
+	*w = (struct rt_worker){.id = worker, .live = true, .ntargets = (uint16_t)spec->dp_ranks,
+				.targets = ids};
+	pool = &rt->model[model].pool[spec->type];
+	pool->block_size = spec->block_size;
+	for (uint32_t i = 0; i < spec->dp_ranks; i++) {
+		rt->target[ids[i]].state = RT_TARGET_LIVE;
+		pool->targets[pool->n++] = ids[i];
+	}
+	return 0;
+}
+
+static void pool_remove(struct rt_pool *p, uint16_t t)
+{
+	for (uint32_t i = 0; i < p->n; i++) {
+		if (p->targets[i] == t) {
+			p->targets[i] = p->targets[--p->n];
+			break;
+		}
+	}
+	if (!p->n)
+		p->block_size = 0;
+}
+
+int rt_unregister(struct rt_router *rt, uint32_t worker)
+{
+	struct rt_worker *w = worker_find(rt, worker);
+	int rc = 0;
+
+	if (!w)
+		return -ENOENT;
+	for (uint16_t i = 0; w->live && i < w->ntargets; i++) {
+		struct rt_target *tg = &rt->target[w->targets[i]];
+
+		pool_remove(&rt->model[tg->model].pool[tg->type], w->targets[i]);
+		tg->state = RT_TARGET_DRAINING;
+	}
+	w->live = false;
+	w->draining = true;
+	for (uint16_t i = 0; i < w->ntargets; i++) {
+		struct rt_target *tg = &rt->target[w->targets[i]];
+
+		if (tg->state != RT_TARGET_DRAINING)
+			continue;
+		if (pdx_drop_target(rt->index, w->targets[i]) < 0)
+			rc = -ENOMEM;
+		else
+			tg->state = RT_TARGET_FREE;
+	}
+	if (rc)
+		return rc;
+	free(w->targets);
+	*w = (struct rt_worker){0};
+	return 0;
+}
+
+int rt_report_load(struct rt_router *rt, uint32_t worker, uint32_t dp_rank,
+		   uint64_t used_blocks, uint64_t prefill_tokens)
+{
+	int t = rt_target_find(rt, worker, dp_rank);
+
+	if (t < 0)
+		return t;
+	/* Relaxed: a single writer, and readers act on any recent value (see rt_target). */
+	atomic_store_explicit(&rt->target[t].reported_used_blocks, used_blocks,
+			      memory_order_relaxed);
+	atomic_store_explicit(&rt->target[t].reported_prefill_tokens, prefill_tokens,
+			      memory_order_relaxed);
+	return 0;
+}

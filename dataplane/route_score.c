@@ -1,0 +1,299 @@
+/*
+ * One routing stage (routing-semantics §4, §6): find each candidate's overlap and in-flight
+ * blocks, filter (pin, topology, busy), cost, select (cheapest with a uniform tie-break, or
+ * softmax sampling under a temperature) and record the chosen target's load. The candidate
+ * array is the explanation: every figure the decision used stays there until the next one.
+ * Runs on the dataplane core that routes; no allocation, no locks.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "hash.h"
+#include "route.h"
+
+void rt_target_load(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
+		    uint64_t *prefill_tokens)
+{
+	uint64_t b = 0, p = 0;
+
+	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
+		const struct rt_share *s = rt->share[k];
+
+		if (!s)
+			continue;
+		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
+		b += atomic_load_explicit(&s->tl[target].blocks, memory_order_relaxed);
+		p += atomic_load_explicit(&s->tl[target].prefill_tokens, memory_order_relaxed);
+	}
+	*blocks = b;
+	*prefill_tokens = p;
+}
+
+/* Local hashes of the prompt at @bs, computed once per request and block size. */
+static void need_local(struct rt_core *c, const struct rt_request *rq, uint32_t bs, uint32_t n)
+{
+	if (c->hashed_bs == bs)
+		return;
+	dp_hash_blocks(rq->tokens, (size_t)n * bs, bs, rq->hash_seed, c->local);
+	c->hashed_bs = bs;
+	c->seq_ready = false;
+}
+
+static void need_seq(struct rt_core *c, const struct rt_request *rq, uint32_t bs, uint32_t n)
+{
+	need_local(c, rq, bs, n);
+	if (!c->seq_ready)
+		dp_hash_sequence(c->local, n, c->seq);
+	c->seq_ready = true;
+}
+
+/* Overlap and already-in-flight blocks of every target into the core's per-target scratch. */
+static size_t gather(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
+		     uint32_t n)
+{
+	size_t nmatch = 0;
+
+	if (!n)
+		return 0;
+	if (in->pol.overlap_score_credit != 0.0) {
+		need_local(c, rq, in->block_size, n);
+		nmatch = pdx_match(c->reader, c->local, n, c->match);
+		for (size_t i = 0; i < nmatch; i++)
+			c->overlap[c->match[i].target] = c->match[i].depth;
+	}
+	if (in->pol.track_active_blocks && in->pol.assume_kv_reuse) {
+		need_seq(c, rq, in->block_size, n);
+		rt_share_already(&c->share, c->seq, n, c->already, c->touched, &c->ntouched);
+	}
+	return nmatch;
+}
+
+/* Put the per-target scratch back to all zeros. */
+static void scatter_clear(struct rt_core *c, size_t nmatch)
+{
+	for (size_t i = 0; i < nmatch; i++)
+		c->overlap[c->match[i].target] = 0;
+	for (uint32_t i = 0; i < c->ntouched; i++)
+		c->already[c->touched[i]] = 0;
+	c->ntouched = 0;
+}
+
+/* Does @t's transfer domain (under @rule) hold a decode or aggregated target of the model? */
+static bool domain_has_decode(struct rt_core *c, const struct rt_model *md,
+			      const struct rt_target *t)
+{
+	uint64_t *bits = &c->has_decode[(size_t)t->rule.key * (RT_DOMAIN_VALUES / 64)];
+	uint16_t v = t->domain[t->rule.key];
+
+	if (!(c->has_decode_keys & 1u << t->rule.key)) {
+		memset(bits, 0, RT_DOMAIN_VALUES / 8);
+		for (int p = RT_DECODE; p <= RT_AGGREGATED; p++) {
+			for (uint32_t i = 0; i < md->pool[p].n; i++) {
+				uint16_t dv = c->rt->target[md->pool[p].targets[i]].domain[t->rule.key];
+
+				bits[dv / 64] |= 1ull << (dv % 64);
+			}
+		}
+		c->has_decode_keys |= 1u << t->rule.key;
+	}
+	return v && (bits[v / 64] >> (v % 64) & 1);
+}
+
+/* Why target @t may not take this stage, or RT_ELIGIBLE. Sets cand->same_domain. */
+static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, uint16_t t,
+			     uint64_t prefill_tokens, struct rt_candidate *cand)
+{
+	const struct rt_router *rt = c->rt;
+	const struct rt_target *tg = &rt->target[t];
+	const struct rt_rule *rule = in->prefill ? &in->prefill->rule : NULL;
+	uint64_t used, reported;
+
+	if (in->pin != RT_NO_PIN && in->pin != t)
+		return RT_FILTER_PIN;
+	if (rule && rule->enforcement != RT_TRANSFER_NONE) {
+		uint16_t pv = in->prefill->domain[rule->key];
+
+		cand->same_domain = pv && tg->domain[rule->key] == pv;
+		if (rule->enforcement == RT_TRANSFER_REQUIRED && !cand->same_domain)
+			return RT_FILTER_TOPOLOGY;
+	}
+	if (in->stage == RT_STAGE_PREFILL && tg->rule.enforcement == RT_TRANSFER_REQUIRED &&
+	    !domain_has_decode(c, in->md, tg))
+		return RT_FILTER_NO_DECODE;
+	/* Relaxed: see struct rt_target. */
+	used = atomic_load_explicit(&tg->reported_used_blocks, memory_order_relaxed);
+	reported = atomic_load_explicit(&tg->reported_prefill_tokens, memory_order_relaxed);
+	if (rt->cfg.busy_kv_fraction > 0.0 &&
+	    (double)used > rt->cfg.busy_kv_fraction * (double)tg->kv_capacity_blocks)
+		return RT_FILTER_BUSY_KV;
+	if (rt->cfg.busy_prefill_tokens &&
+	    (reported > prefill_tokens ? reported : prefill_tokens) > rt->cfg.busy_prefill_tokens)
+		return RT_FILTER_BUSY_PREFILL;
+	return RT_ELIGIBLE;
+}
+
+/* Fill the candidate for target @t: filter verdict and, when eligible, its cost. */
+static void score(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
+		  uint32_t n, uint16_t t, struct rt_candidate *cand)
+{
+	const struct rt_policy *pol = &in->pol;
+	uint64_t blocks, prefill_tokens;
+	double adjusted;
+
+	rt_target_load(c->rt, t, &blocks, &prefill_tokens);
+	*cand = (struct rt_candidate){.target = t, .overlap = c->overlap[t]};
+	cand->filter = (uint8_t)filter(c, in, t, prefill_tokens, cand);
+	cand->new_blocks = pol->assume_kv_reuse ? n - c->already[t] : n;
+	if (pol->track_prefill_tokens)
+		cand->prefill_blocks = (double)(prefill_tokens + rq->ntokens) / in->block_size;
+	if (pol->track_active_blocks)
+		cand->decode_blocks = (double)(blocks + cand->new_blocks);
+	adjusted = cand->prefill_blocks - pol->overlap_score_credit * cand->overlap;
+	cand->cost = pol->prefill_load_scale * (adjusted > 0.0 ? adjusted : 0.0) +
+		     cand->decode_blocks;
+	if (cand->same_domain && in->prefill->rule.enforcement == RT_TRANSFER_PREFERRED)
+		cand->cost *= in->prefill->rule.discount;
+}
+
+/* Uniform in [0, n). */
+static uint32_t random_below(struct rt_core *c, uint32_t n)
+{
+	return (uint32_t)(((rt_core_random(c) >> 32) * (uint64_t)n) >> 32);
+}
+
+/* Cheapest eligible candidate; exact ties broken uniformly (reservoir sampling). */
+static uint32_t select_min(struct rt_core *c, const struct rt_candidate *cand, uint32_t ncand)
+{
+	uint32_t chosen = 0, ties = 0;
+	double best = INFINITY;
+
+	for (uint32_t i = 0; i < ncand; i++) {
+		if (cand[i].filter != RT_ELIGIBLE)
+			continue;
+		if (cand[i].cost < best || ties == 0) {
+			best = cand[i].cost;
+			chosen = i;
+			ties = 1;
+		} else if (cand[i].cost == best && random_below(c, ++ties) == 0) {
+			chosen = i;
+		}
+	}
+	return chosen;
+}
+
+/* Sample with probability proportional to exp(-(cost - min) / ((max - min) * T)). */
+static uint32_t select_softmax(struct rt_core *c, const struct rt_candidate *cand, uint32_t ncand,
+			       double temperature)
+{
+	double lo = INFINITY, hi = -INFINITY, total = 0.0, r;
+	uint32_t last = 0;
+
+	for (uint32_t i = 0; i < ncand; i++) {
+		if (cand[i].filter != RT_ELIGIBLE)
+			continue;
+		lo = fmin(lo, cand[i].cost);
+		hi = fmax(hi, cand[i].cost);
+	}
+	for (uint32_t i = 0; i < ncand; i++) {
+		c->weight[i] = 0.0;
+		if (cand[i].filter != RT_ELIGIBLE)
+			continue;
+		c->weight[i] = hi > lo ? exp(-(cand[i].cost - lo) / ((hi - lo) * temperature)) : 1.0;
+		total += c->weight[i];
+		last = i;
+	}
+	r = (double)(rt_core_random(c) >> 11) * 0x1p-53 * total;
+	for (uint32_t i = 0; i < ncand; i++) {
+		if (c->weight[i] > 0.0 && r < c->weight[i])
+			return i;
+		r -= c->weight[i];
+	}
+	return last; /* rounding left r a hair above the last weight */
+}
+
+/* The stage's error when nothing is eligible: busy wins over topology over "no target". */
+static int no_choice(const struct rt_candidate *cand, uint32_t ncand)
+{
+	bool busy = false, topo = false;
+
+	for (uint32_t i = 0; i < ncand; i++) {
+		busy |= cand[i].filter == RT_FILTER_BUSY_KV || cand[i].filter == RT_FILTER_BUSY_PREFILL;
+		topo |= cand[i].filter == RT_FILTER_TOPOLOGY || cand[i].filter == RT_FILTER_NO_DECODE;
+	}
+	return busy ? -EBUSY : topo ? -EXDEV : -ENODEV;
+}
+
+/* Record the chosen target's predicted load on this core. */
+static int commit(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
+		  uint32_t n, const struct rt_candidate *cand, rt_load_t *load)
+{
+	const struct rt_policy *pol = &in->pol;
+	uint64_t cached = (uint64_t)cand->overlap * in->block_size;
+	struct rt_share_load a = {.now_ns = rq->now_ns, .target = cand->target};
+	uint32_t untracked = 0;
+	int rc;
+
+	if (pol->track_prefill_tokens && rq->ntokens > cached)
+		a.prefill_tokens = rq->ntokens - cached;
+	if (pol->track_active_blocks) {
+		a.blocks = n;
+		if (pol->assume_kv_reuse && n)
+			a.seq = c->seq;
+	}
+	rc = rt_share_add(&c->share, &a, load, &untracked);
+	if (rc)
+		rt_core_add(c, RT_STAT(requests_full), 1);
+	if (untracked)
+		rt_core_add(c, RT_STAT(blocks_untracked), untracked);
+	return rc;
+}
+
+static void fill_choice(const struct rt_core *c, const struct rt_candidate *cand,
+			struct rt_choice *out)
+{
+	const struct rt_target *tg = &c->rt->target[cand->target];
+
+	out->target = cand->target;
+	out->worker = tg->worker;
+	out->dp_rank = tg->dp_rank;
+	out->overlap = cand->overlap;
+}
+
+int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
+		    struct rt_choice *out)
+{
+	struct rt_explain *ex = &c->explain[in->stage];
+	struct rt_candidate *cand = c->cand[in->stage];
+	uint32_t n = (uint32_t)(rq->ntokens / in->block_size), ncand = 0, eligible = 0;
+	size_t nmatch = gather(c, rq, in, n);
+	int rc = 0;
+
+	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
+		const struct rt_pool *pool = &in->md->pool[p];
+
+		if ((p == RT_PREFILL) != (in->stage == RT_STAGE_PREFILL))
+			continue;
+		for (uint32_t i = 0; i < pool->n; i++, ncand++) {
+			score(c, rq, in, n, pool->targets[i], &cand[ncand]);
+			eligible += cand[ncand].filter == RT_ELIGIBLE;
+		}
+	}
+	*ex = (struct rt_explain){.stage = in->stage, .model = rq->model, .blocks = n,
+				  .policy = in->pol, .ncand = ncand, .cand = cand};
+	if (!eligible)
+		rc = no_choice(cand, ncand);
+	else if (in->pol.temperature > 0.0)
+		ex->chosen = select_softmax(c, cand, ncand, in->pol.temperature);
+	else
+		ex->chosen = select_min(c, cand, ncand);
+	if (rc == 0) {
+		fill_choice(c, &cand[ex->chosen], out);
+		if (!rq->peek)
+			rc = commit(c, rq, in, n, &cand[ex->chosen], &out->load);
+	}
+	ex->outcome = rc;
+	scatter_clear(c, nmatch);
+	rt_core_add(c, RT_STAT(decisions), 1);
+	return rc;
+}
