@@ -5,6 +5,7 @@
 #ifndef PD_BENCH_BENCH_H
 #define PD_BENCH_BENCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -29,6 +30,14 @@ int bench_hash_main(int argc, char **argv);
 int bench_index_main(int argc, char **argv);
 
 /**
+ * bench_route_main - `pdbench route`: routing decision latency over a populated index.
+ * @argc, @argv: the arguments from "route" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (a decision failed or out of memory) or BENCH_USAGE.
+ */
+int bench_route_main(int argc, char **argv);
+
+/**
  * bench_parse_u32 - parse a decimal integer in [@min, @max] for option @name.
  *
  * Returns 0, or -EINVAL after printing what is wrong to stderr.
@@ -41,6 +50,12 @@ int bench_parse_u32(const char *name, const char *s, uint32_t min, uint32_t max,
  * Returns 0, or -EINVAL after printing what is wrong to stderr.
  */
 int bench_parse_seconds(const char *name, const char *s, double *out);
+
+/* Sort latencies ascending, for bench_pct(). */
+void bench_sort_u64(uint64_t *v, size_t n);
+
+/* Nearest-rank percentile @permille (500: median) of the sorted @v[0..n); 0 when n is 0. */
+uint64_t bench_pct(const uint64_t *v, size_t n, unsigned permille);
 
 /* Monotonic nanoseconds; a vDSO call, no syscall, so it may sit around every timed op. */
 static inline uint64_t bench_now_ns(void)

@@ -317,27 +317,12 @@ static void bi_replay_op(struct bi_replay *c, const struct pdops_op *op)
 	}
 }
 
-static int bi_cmp_u64(const void *a, const void *b)
-{
-	uint64_t l = *(const uint64_t *)a, r = *(const uint64_t *)b;
-
-	return (l > r) - (l < r);
-}
-
-/* Nearest-rank percentile @permille of the sorted @v[0..n). */
-static uint64_t bi_pct(const uint64_t *v, size_t n, unsigned permille)
-{
-	size_t rank = (n * permille + 999u) / 1000u;
-
-	return n ? v[rank ? rank - 1 : 0] : 0;
-}
-
 static void bi_latencies(struct bi_replay *c)
 {
-	qsort(c->lat, c->nlat, sizeof(*c->lat), bi_cmp_u64);
-	c->run->p50_ns = bi_pct(c->lat, c->nlat, 500);
-	c->run->p99_ns = bi_pct(c->lat, c->nlat, 990);
-	c->run->p999_ns = bi_pct(c->lat, c->nlat, 999);
+	bench_sort_u64(c->lat, c->nlat);
+	c->run->p50_ns = bench_pct(c->lat, c->nlat, 500);
+	c->run->p99_ns = bench_pct(c->lat, c->nlat, 990);
+	c->run->p999_ns = bench_pct(c->lat, c->nlat, 999);
 	c->run->max_ns = c->nlat ? c->lat[c->nlat - 1] : 0;
 }
 

@@ -1,5 +1,5 @@
 /*
- * pdbench: benchmarks of the router's parts, one subcommand each (`hash` and `index` so far).
+ * pdbench: benchmarks of the router's parts, one subcommand each (`hash`, `index`, `route`).
  * Runs on the main thread; subcommands start their own threads where they measure concurrency.
  */
 #include <errno.h>
@@ -20,6 +20,7 @@ struct bench_cmd {
 static const struct bench_cmd bench_cmds[] = {
     {"hash", bench_hash_main, "block hashing throughput on one core (dp_hash_*)"},
     {"index", bench_index_main, "replay an .ops stream on the prefix index (pdx_*)"},
+    {"route", bench_route_main, "routing decision latency over a populated index (rt_*)"},
 };
 
 #define BENCH_NCMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))
@@ -65,6 +66,25 @@ int bench_parse_seconds(const char *name, const char *s, double *out)
 	}
 	*out = v;
 	return 0;
+}
+
+static int bench_cmp_u64(const void *a, const void *b)
+{
+	uint64_t l = *(const uint64_t *)a, r = *(const uint64_t *)b;
+
+	return (l > r) - (l < r);
+}
+
+void bench_sort_u64(uint64_t *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), bench_cmp_u64);
+}
+
+uint64_t bench_pct(const uint64_t *v, size_t n, unsigned permille)
+{
+	size_t rank = (n * permille + 999u) / 1000u;
+
+	return n ? v[rank ? rank - 1 : 0] : 0;
 }
 
 int main(int argc, char **argv)

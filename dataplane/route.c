@@ -166,6 +166,11 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 
 	in.block_size = stage == RT_STAGE_PREFILL ? md->pool[RT_PREFILL].block_size
 						  : serving_block_size(md);
+	in.inv_block_size = in.block_size ? 1.0 / in.block_size : 0.0;
+	in.filtering = in.pin != RT_NO_PIN || c->rt->cfg.busy_kv_fraction > 0.0 ||
+		       c->rt->cfg.busy_prefill_tokens ||
+		       (prefill && prefill->rule.enforcement != RT_TRANSFER_NONE) ||
+		       (stage == RT_STAGE_PREFILL && c->rt->required_rules);
 	memset(out, 0, sizeof(*out));
 	if (in.block_size && rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks)
 		return -E2BIG;

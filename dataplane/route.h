@@ -63,7 +63,7 @@ struct rt_config {
 	uint32_t max_models;		/* 0: 64 */
 	uint32_t cores;			/* dataplane cores that will route; 0: 1 */
 	uint32_t max_requests;		/* in-flight requests per core; 0: 16384 */
-	uint32_t max_active_blocks;	/* deduplicated in-flight blocks per core; 0: 1 << 20 */
+	uint32_t max_active_blocks;	/* deduplicated in-flight blocks per core; 0: 1 << 18 */
 	uint32_t max_prompt_blocks;	/* longest prompt in blocks; 0: PDX_MATCH_MAX_BLOCKS */
 	uint64_t seed;			/* random source of core i: seed + i; 0 is a seed too */
 };

@@ -4,11 +4,13 @@
  * counts) and prefill tokens not yet prefilled; per request: a slot that remembers what to give
  * back. Only the owning core runs this file; other cores read the per-target counters.
  *
- * The dedup table is open addressing with linear probing, keyed by sequence hash alone, so every
- * target holding a prefix sits in one probe run and one walk finds them all. In-flight blocks
- * are prefix-closed (a request brings blocks 0..n-1 together), so the blocks of a prompt already
- * in flight on a target are a leading run: rt_share_already() stops at the first block no target
- * has. Deletion shifts entries back instead of leaving tombstones, so probe runs never rot.
+ * The dedup table is open addressing with linear probing and holds two kinds of slot: a pair
+ * (prefix, target) with its reference count, found in O(1) when a request comes and goes, and a
+ * prefix with the set of targets it is in flight on, as a bitmap, so that finding which targets
+ * already carry a prompt's leading blocks is a few word ANDs per block, whatever the number of
+ * targets. In-flight blocks are prefix-closed (a request brings blocks 0..n-1 together), so
+ * holder sets only shrink along a prompt and rt_share_already() stops where the set empties.
+ * Deletion shifts slots back instead of leaving tombstones, so probe runs never rot.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,10 +19,61 @@
 #include "route.h"
 
 #define RT_PREFETCH_AHEAD 8u
+#define RT_VAL_SINGLE (1u << 31) /* prefix slot: one holder, in the low bits */
+#define RT_VAL_TARGET 0xFFFFu
+#define RT_SETS_BYTES (64u << 20) /* holder sets per core, at most */
 
-static inline uint32_t map_home(const struct rt_share *s, uint64_t seq)
+static inline uint32_t map_home(const struct rt_share *s, uint64_t seq, uint32_t tag)
 {
-	return (uint32_t)(seq ^ (seq >> 32)) & s->map_mask;
+	uint64_t h = seq ^ ((uint64_t)tag + 1) * 0x9E3779B97F4A7C15ull;
+
+	return (uint32_t)(h ^ h >> 32) & s->map_mask;
+}
+
+/* Slot holding (@seq, @tag), or the empty slot that ends its probe run. */
+static uint32_t map_find(const struct rt_share *s, uint64_t seq, uint32_t tag)
+{
+	uint32_t j = map_home(s, seq, tag);
+
+	while (s->map[j].val && (s->map[j].seq != seq || s->map[j].tag != tag))
+		j = (j + 1) & s->map_mask;
+	return j;
+}
+
+/* Empty slot @i and shift later slots of its probe run back into the hole. */
+static void map_delete(struct rt_share *s, uint32_t i)
+{
+	uint32_t j = i;
+
+	for (;;) {
+		j = (j + 1) & s->map_mask;
+		if (!s->map[j].val)
+			break;
+		/* The slot at j may fill hole i when i lies between its home and j. */
+		if (((j - map_home(s, s->map[j].seq, s->map[j].tag)) & s->map_mask) >=
+		    ((j - i) & s->map_mask)) {
+			s->map[i] = s->map[j];
+			i = j;
+		}
+	}
+	s->map[i].val = 0;
+	s->map_live--;
+}
+
+static inline uint64_t *set_at(const struct rt_share *s, uint32_t idx)
+{
+	return &s->sets[(size_t)idx * (s->set_words + 1)];
+}
+
+/*
+ * Word @k of the holder set of the prefix in slot @p. A prefix held by one target (the usual
+ * case for the tail of a prompt) names it inline instead of taking a bitmap.
+ */
+static inline uint64_t holders_word(const struct rt_share *s, const struct rt_active *p, uint32_t k)
+{
+	if (p->val & RT_VAL_SINGLE)
+		return (p->val & RT_VAL_TARGET) / 64 == k ? 1ull << (p->val & RT_VAL_TARGET) % 64 : 0;
+	return set_at(s, p->val - 1)[1 + k];
 }
 
 /* Single writer: a relaxed load and store make an exact update; readers take any recent value. */
@@ -32,22 +85,32 @@ static inline void tl_add(_Atomic uint64_t *v, uint64_t add, uint64_t sub)
 
 int rt_share_init(struct rt_share *s, const struct rt_config *cfg)
 {
-	uint32_t cap = 2, nchunks = 2 * (cfg->max_active_blocks / RT_CHUNK_SEQS + 1);
+	uint32_t cap = 2, nchunks = 2 * (cfg->max_active_blocks / RT_CHUNK_SEQS + 1), nsets;
 
 	memset(s, 0, sizeof(*s));
-	while (cap < 2 * cfg->max_active_blocks)
+	/* Pairs and prefixes are at most max_active_blocks each: half full at worst. */
+	while (cap < 4 * cfg->max_active_blocks)
 		cap <<= 1;
 	s->map_mask = cap - 1;
 	s->map_limit = cfg->max_active_blocks;
+	s->set_words = (cfg->max_targets + 63) / 64;
+	nsets = RT_SETS_BYTES / (8 * (s->set_words + 1));
+	if (nsets > cfg->max_active_blocks)
+		nsets = cfg->max_active_blocks;
 	s->tl = calloc(cfg->max_targets, sizeof(*s->tl));
 	s->map = calloc(cap, sizeof(*s->map));
+	s->sets = calloc((size_t)nsets * (s->set_words + 1), sizeof(uint64_t));
+	s->alive = calloc(s->set_words, sizeof(uint64_t));
 	s->chunk_seq = calloc((size_t)nchunks * RT_CHUNK_SEQS, sizeof(uint64_t));
 	s->chunk_next = calloc(nchunks, sizeof(uint32_t));
 	s->req = calloc(cfg->max_requests, sizeof(*s->req));
-	if (!s->tl || !s->map || !s->chunk_seq || !s->chunk_next || !s->req) {
+	if (!s->tl || !s->map || !s->sets || !s->alive || !s->chunk_seq || !s->chunk_next ||
+	    !s->req) {
 		rt_share_destroy(s);
 		return -ENOMEM;
 	}
+	for (uint32_t i = 0; i < nsets; i++)
+		set_at(s, i)[0] = i + 1 < nsets ? i + 1 : RT_NIL;
 	for (uint32_t c = 0; c < nchunks; c++)
 		s->chunk_next[c] = c + 1 < nchunks ? c + 1 : RT_NIL;
 	for (uint32_t r = 0; r < cfg->max_requests; r++)
@@ -61,83 +124,147 @@ void rt_share_destroy(struct rt_share *s)
 {
 	free(s->tl);
 	free(s->map);
+	free(s->sets);
+	free(s->alive);
 	free(s->chunk_seq);
 	free(s->chunk_next);
 	free(s->req);
 	memset(s, 0, sizeof(*s));
 }
 
-void rt_share_already(const struct rt_share *s, const uint64_t *seq, uint32_t n,
-		      uint32_t *already, uint16_t *touched, uint32_t *ntouched)
+/* Targets in @gone leave the walk at block @depth: that many leading blocks are in flight. */
+static void walk_drop(uint64_t gone, uint32_t word, uint32_t depth, uint32_t *already,
+		      uint16_t *touched, uint32_t *ntouched)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		bool any = false;
+	for (; gone; gone &= gone - 1) {
+		uint32_t t = word * 64 + (uint32_t)__builtin_ctzll(gone);
 
-		if (i + RT_PREFETCH_AHEAD < n)
-			__builtin_prefetch(&s->map[map_home(s, seq[i + RT_PREFETCH_AHEAD])]);
-		for (uint32_t j = map_home(s, seq[i]); s->map[j].refs; j = (j + 1) & s->map_mask) {
-			uint32_t t = s->map[j].target;
-
-			/* already[t] == i keeps the count leading-only even if closure broke. */
-			if (s->map[j].seq != seq[i] || already[t] != i)
-				continue;
-			if (i == 0)
-				touched[(*ntouched)++] = (uint16_t)t;
-			already[t]++;
-			any = true;
-		}
-		if (!any)
-			break;
+		already[t] = depth;
+		touched[(*ntouched)++] = (uint16_t)t;
 	}
 }
 
-/* Take a reference on (@seq, @target): 1 when it is new, 0 when it was in flight already. */
+void rt_share_already(struct rt_share *s, const uint64_t *seq, uint32_t n, uint32_t *already,
+		      uint16_t *touched, uint32_t *ntouched)
+{
+	const struct rt_active *p;
+	uint32_t lo = 0, hi = s->set_words; /* words of @alive that may be non-zero */
+	uint32_t i;
+
+	if (!n || !(p = &s->map[map_find(s, seq[0], RT_TAG_PREFIX)])->val)
+		return;
+	for (uint32_t k = 0; k < s->set_words; k++)
+		s->alive[k] = holders_word(s, p, k);
+	for (i = 1; i < n; i++) {
+		uint32_t next_lo = hi, next_hi = lo;
+
+		if (i + RT_PREFETCH_AHEAD < n)
+			__builtin_prefetch(
+			    &s->map[map_home(s, seq[i + RT_PREFETCH_AHEAD], RT_TAG_PREFIX)]);
+		p = &s->map[map_find(s, seq[i], RT_TAG_PREFIX)];
+		for (uint32_t k = lo; k < hi; k++) {
+			uint64_t keep = p->val ? s->alive[k] & holders_word(s, p, k) : 0;
+
+			walk_drop(s->alive[k] & ~keep, k, i, already, touched, ntouched);
+			s->alive[k] = keep;
+			if (keep) {
+				next_lo = next_lo < k ? next_lo : k;
+				next_hi = k + 1;
+			}
+		}
+		if (next_lo >= next_hi)
+			return;
+		lo = next_lo; /* most prompts narrow to a target or two within a few blocks */
+		hi = next_hi;
+	}
+	for (uint32_t k = lo; k < hi; k++)
+		walk_drop(s->alive[k], k, n, already, touched, ntouched);
+}
+
+/* Add @target to the holders of the prefix in slot @p; -ENOSPC when no bitmap is left. */
+static int holders_add(struct rt_share *s, struct rt_active *p, uint32_t target)
+{
+	uint64_t *set;
+
+	if (!p->val) {
+		p->val = RT_VAL_SINGLE | target;
+		s->map_live++;
+		return 0;
+	}
+	if (p->val & RT_VAL_SINGLE) { /* a second holder: move to a bitmap */
+		uint32_t idx = s->set_free, first = p->val & RT_VAL_TARGET;
+
+		if (idx == RT_NIL)
+			return -ENOSPC;
+		set = set_at(s, idx);
+		s->set_free = (uint32_t)set[0];
+		memset(set, 0, (s->set_words + 1) * sizeof(uint64_t));
+		set[1 + first / 64] = 1ull << first % 64;
+		set[0] = 1;
+		p->val = idx + 1;
+	}
+	set = set_at(s, p->val - 1);
+	set[1 + target / 64] |= 1ull << target % 64;
+	set[0]++;
+	return 0;
+}
+
+/* Remove @target from the holders of the prefix in slot @p; the slot goes with the last one. */
+static void holders_del(struct rt_share *s, uint32_t slot, uint32_t target)
+{
+	struct rt_active *p = &s->map[slot];
+	uint64_t *set;
+
+	if (!(p->val & RT_VAL_SINGLE)) {
+		set = set_at(s, p->val - 1);
+		set[1 + target / 64] &= ~(1ull << target % 64);
+		if (--set[0])
+			return;
+		set[0] = s->set_free;
+		s->set_free = p->val - 1;
+	}
+	map_delete(s, slot);
+}
+
+/*
+ * Take a reference on (@seq, @target): 1 when the block is new on the target, 0 when it was in
+ * flight there already, -ENOSPC when the table or the holder bitmaps are full.
+ */
 static int map_ref(struct rt_share *s, uint64_t seq, uint32_t target)
 {
-	uint32_t j = map_home(s, seq);
+	uint32_t j = map_find(s, seq, target), p;
 
-	for (; s->map[j].refs; j = (j + 1) & s->map_mask) {
-		if (s->map[j].seq == seq && s->map[j].target == target) {
-			s->map[j].refs++;
-			return 0;
-		}
+	if (s->map[j].val) {
+		s->map[j].val++;
+		return 0;
 	}
-	s->map[j] = (struct rt_active){.seq = seq, .target = target, .refs = 1};
+	if (s->pairs >= s->map_limit)
+		return -ENOSPC;
+	p = map_find(s, seq, RT_TAG_PREFIX);
+	s->map[p].seq = seq;
+	s->map[p].tag = RT_TAG_PREFIX;
+	if (holders_add(s, &s->map[p], target))
+		return -ENOSPC;
+	j = map_find(s, seq, target); /* the prefix may have taken slot j */
+	s->map[j] = (struct rt_active){.seq = seq, .tag = target, .val = 1};
 	s->map_live++;
+	s->pairs++;
 	return 1;
 }
 
-/* Empty slot @i and shift later entries of its probe run back into the hole. */
-static void map_delete(struct rt_share *s, uint32_t i)
-{
-	uint32_t j = i;
-
-	for (;;) {
-		j = (j + 1) & s->map_mask;
-		if (!s->map[j].refs)
-			break;
-		/* The entry at j may fill hole i when i lies between its home and j. */
-		if (((j - map_home(s, s->map[j].seq)) & s->map_mask) >= ((j - i) & s->map_mask)) {
-			s->map[i] = s->map[j];
-			i = j;
-		}
-	}
-	s->map[i].refs = 0;
-	s->map_live--;
-}
-
-/* Drop a reference on (@seq, @target): 1 when the block left, 0 when others still hold it. */
+/* Drop a reference on (@seq, @target): 1 when the block left the target, 0 otherwise. */
 static int map_unref(struct rt_share *s, uint64_t seq, uint32_t target)
 {
-	for (uint32_t j = map_home(s, seq); s->map[j].refs; j = (j + 1) & s->map_mask) {
-		if (s->map[j].seq == seq && s->map[j].target == target) {
-			if (--s->map[j].refs)
-				return 0;
-			map_delete(s, j);
-			return 1;
-		}
-	}
-	return 0; /* never reached while the request's record and the table agree */
+	uint32_t j = map_find(s, seq, target);
+
+	if (!s->map[j].val)
+		return 0; /* never taken while the request's record and the table agree */
+	if (--s->map[j].val)
+		return 0;
+	map_delete(s, j);
+	s->pairs--;
+	holders_del(s, map_find(s, seq, RT_TAG_PREFIX), target);
+	return 1;
 }
 
 static uint64_t handle_of(const struct rt_share *s, uint32_t slot)
@@ -188,10 +315,16 @@ static uint64_t add_mapped(struct rt_share *s, uint32_t slot, const uint64_t *se
 	uint64_t *chunk = NULL, fresh = 0;
 
 	for (uint32_t i = 0; i < n; i++) {
-		if (i + RT_PREFETCH_AHEAD < n)
-			__builtin_prefetch(&s->map[map_home(s, seq[i + RT_PREFETCH_AHEAD])]);
+		int fresh1;
+
+		if (i + RT_PREFETCH_AHEAD < n) {
+			uint64_t ahead = seq[i + RT_PREFETCH_AHEAD];
+
+			__builtin_prefetch(&s->map[map_home(s, ahead, r->target)]);
+			__builtin_prefetch(&s->map[map_home(s, ahead, RT_TAG_PREFIX)]);
+		}
 		if (at == RT_CHUNK_SEQS) {
-			if (s->chunk_free == RT_NIL || s->map_live >= s->map_limit)
+			if (s->chunk_free == RT_NIL)
 				break;
 			*link = s->chunk_free;
 			chunk = &s->chunk_seq[(size_t)s->chunk_free * RT_CHUNK_SEQS];
@@ -199,11 +332,12 @@ static uint64_t add_mapped(struct rt_share *s, uint32_t slot, const uint64_t *se
 			link = &s->chunk_next[*link];
 			*link = RT_NIL;
 			at = 0;
-		} else if (s->map_live >= s->map_limit) {
-			break;
 		}
+		fresh1 = map_ref(s, seq[i], r->target);
+		if (fresh1 < 0)
+			break;
 		chunk[at++] = seq[i];
-		fresh += (uint64_t)map_ref(s, seq[i], r->target);
+		fresh += (uint64_t)fresh1;
 		r->nmapped++;
 	}
 	return fresh;

@@ -73,7 +73,8 @@ struct rt_model {
 struct rt_router {
 	struct rt_config cfg;
 	struct pdx *index;
-	struct rt_rule rule; /* the global transfer rule */
+	struct rt_rule rule;	 /* the global transfer rule */
+	uint32_t required_rules; /* live targets whose own rule is required */
 	struct rt_target *target;
 	uint32_t target_cursor; /* next id to try: ids are reused as late as possible */
 	struct rt_worker *worker;
@@ -96,12 +97,19 @@ struct rt_tload {
 	_Atomic uint64_t prefill_tokens;
 };
 
-/* A deduplicated in-flight block: @refs requests on @target carry prefix @seq. refs 0: empty. */
+/*
+ * A slot of a core's dedup table, one of two kinds sharing the table (route_load.c):
+ * a pair, @tag = target: @val requests on that target carry the prefix @seq in flight;
+ * a prefix, @tag = RT_TAG_PREFIX: the targets holding @seq, one inline or a bitmap (@val - 1).
+ * @val 0: empty slot.
+ */
 struct rt_active {
 	uint64_t seq;
-	uint32_t target;
-	uint32_t refs;
+	uint32_t tag;
+	uint32_t val;
 };
+
+#define RT_TAG_PREFIX UINT32_MAX
 
 /* One in-flight request's load. */
 struct rt_inflight {
@@ -121,8 +129,14 @@ struct rt_share {
 	struct rt_tload *tl; /* [max_targets] */
 	struct rt_active *map;
 	uint32_t map_mask;
-	uint32_t map_live;
-	uint32_t map_limit; /* at most half full: probe runs stay short */
+	uint32_t map_live;  /* occupied slots */
+	uint32_t map_limit; /* pairs allowed: the table stays at most half full */
+	uint32_t pairs;
+	/* Holder sets: bitmaps of set_words words after a word counting the members. */
+	uint64_t *sets;
+	uint32_t set_words;
+	uint32_t set_free; /* free list through word 0, RT_NIL at the end */
+	uint64_t *alive;   /* rt_share_already() scratch: set_words words */
 	uint64_t *chunk_seq; /* RT_CHUNK_SEQS per chunk */
 	uint32_t *chunk_next;
 	uint32_t chunk_free;
@@ -141,7 +155,8 @@ struct rt_core {
 	uint64_t rng; /* splitmix64 state */
 	/* Writer: this core (relaxed load + store, never a locked RMW); rt_core_stats() reads. */
 	_Atomic uint64_t stat[RT_NSTATS];
-	/* Prompt hashes of the current request, at block size @hashed_bs (0: none yet). */
+	/* Prompt hashes of the current request, at block size @hashed_bs (0: none yet): local
+	 * hashes, and the prefix keys of the dedup table (route_score.c). */
 	uint64_t *local;
 	uint64_t *seq;
 	uint32_t hashed_bs;
@@ -166,8 +181,10 @@ struct rt_stage_in {
 	const struct rt_model *md;
 	struct rt_policy pol;
 	uint32_t block_size;
+	double inv_block_size;
 	int32_t pin;
 	const struct rt_target *prefill; /* decode stage: whose transfer rule applies; or NULL */
+	bool filtering;			 /* some filter may exclude a target */
 };
 
 /* A stage's load to record (route_load.c). */
@@ -179,11 +196,31 @@ struct rt_share_load {
 	uint16_t target;
 };
 
+/* Predicted load of @target summed over the cores (rt_target_load()), inlined for scoring. */
+static inline void rt_load_sum(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
+			       uint64_t *prefill_tokens)
+{
+	uint64_t b = 0, p = 0;
+
+	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
+		const struct rt_share *s = rt->share[k];
+
+		if (!s)
+			continue;
+		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
+		b += atomic_load_explicit(&s->tl[target].blocks, memory_order_relaxed);
+		p += atomic_load_explicit(&s->tl[target].prefill_tokens, memory_order_relaxed);
+	}
+	*blocks = b;
+	*prefill_tokens = p;
+}
+
 /* route_load.c: the core's own predicted load. */
 int rt_share_init(struct rt_share *s, const struct rt_config *cfg);
 void rt_share_destroy(struct rt_share *s);
-/* already[t] += leading blocks of @seq in flight on t; first-touched targets go to @touched. */
-void rt_share_already(const struct rt_share *s, const uint64_t *seq, uint32_t n,
+/* already[t] = leading blocks of @seq in flight on t (for each t with some); those t go to
+ * @touched. @already must be zero for them before. */
+void rt_share_already(struct rt_share *s, const uint64_t *seq, uint32_t n,
 		      uint32_t *already, uint16_t *touched, uint32_t *ntouched);
 /* Returns 0 with *out set, or -ENOBUFS; *untracked: blocks not deduplicated (table full). */
 int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *out,

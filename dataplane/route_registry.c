@@ -15,7 +15,7 @@
 
 #define RT_DEFAULT_MODELS 64u
 #define RT_DEFAULT_REQUESTS 16384u
-#define RT_DEFAULT_ACTIVE_BLOCKS (1u << 20)
+#define RT_DEFAULT_ACTIVE_BLOCKS (1u << 18)
 
 void rt_policy_default(struct rt_policy *p)
 {
@@ -444,6 +444,8 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 		rt->target[ids[i]].state = RT_TARGET_LIVE;
 		pool->targets[pool->n++] = ids[i];
 	}
+	if (rule.enforcement == RT_TRANSFER_REQUIRED)
+		rt->required_rules += spec->dp_ranks;
 	return 0;
 }
 
@@ -470,6 +472,7 @@ int rt_unregister(struct rt_router *rt, uint32_t worker)
 		struct rt_target *tg = &rt->target[w->targets[i]];
 
 		pool_remove(&rt->model[tg->model].pool[tg->type], w->targets[i]);
+		rt->required_rules -= tg->rule.enforcement == RT_TRANSFER_REQUIRED;
 		tg->state = RT_TARGET_DRAINING;
 	}
 	w->live = false;

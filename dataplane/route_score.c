@@ -15,19 +15,7 @@
 void rt_target_load(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
 		    uint64_t *prefill_tokens)
 {
-	uint64_t b = 0, p = 0;
-
-	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
-		const struct rt_share *s = rt->share[k];
-
-		if (!s)
-			continue;
-		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
-		b += atomic_load_explicit(&s->tl[target].blocks, memory_order_relaxed);
-		p += atomic_load_explicit(&s->tl[target].prefill_tokens, memory_order_relaxed);
-	}
-	*blocks = b;
-	*prefill_tokens = p;
+	rt_load_sum(rt, target, blocks, prefill_tokens);
 }
 
 /* Local hashes of the prompt at @bs, computed once per request and block size. */
@@ -40,11 +28,23 @@ static void need_local(struct rt_core *c, const struct rt_request *rq, uint32_t 
 	c->seq_ready = false;
 }
 
+/*
+ * Prefix keys of the prompt for the in-flight dedup table: a multiply-xorshift chain over the
+ * local hashes, 64 bits like the sequence hash but a few times cheaper. Only this core's table
+ * ever compares them, so they need not match any engine's or the index's.
+ */
 static void need_seq(struct rt_core *c, const struct rt_request *rq, uint32_t bs, uint32_t n)
 {
+	uint64_t h = 0x243F6A8885A308D3ull; /* pi: any odd constant */
+
 	need_local(c, rq, bs, n);
-	if (!c->seq_ready)
-		dp_hash_sequence(c->local, n, c->seq);
+	if (c->seq_ready)
+		return;
+	for (uint32_t i = 0; i < n; i++) {
+		h = (h ^ c->local[i]) * 0x9FB21C651E98DF25ull;
+		h ^= h >> 29;
+		c->seq[i] = h;
+	}
 	c->seq_ready = true;
 }
 
@@ -107,7 +107,7 @@ static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, ui
 	const struct rt_router *rt = c->rt;
 	const struct rt_target *tg = &rt->target[t];
 	const struct rt_rule *rule = in->prefill ? &in->prefill->rule : NULL;
-	uint64_t used, reported;
+	uint64_t reported;
 
 	if (in->pin != RT_NO_PIN && in->pin != t)
 		return RT_FILTER_PIN;
@@ -122,13 +122,14 @@ static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, ui
 	    !domain_has_decode(c, in->md, tg))
 		return RT_FILTER_NO_DECODE;
 	/* Relaxed: see struct rt_target. */
-	used = atomic_load_explicit(&tg->reported_used_blocks, memory_order_relaxed);
-	reported = atomic_load_explicit(&tg->reported_prefill_tokens, memory_order_relaxed);
 	if (rt->cfg.busy_kv_fraction > 0.0 &&
-	    (double)used > rt->cfg.busy_kv_fraction * (double)tg->kv_capacity_blocks)
+	    (double)atomic_load_explicit(&tg->reported_used_blocks, memory_order_relaxed) >
+		rt->cfg.busy_kv_fraction * (double)tg->kv_capacity_blocks)
 		return RT_FILTER_BUSY_KV;
-	if (rt->cfg.busy_prefill_tokens &&
-	    (reported > prefill_tokens ? reported : prefill_tokens) > rt->cfg.busy_prefill_tokens)
+	if (!rt->cfg.busy_prefill_tokens)
+		return RT_ELIGIBLE;
+	reported = atomic_load_explicit(&tg->reported_prefill_tokens, memory_order_relaxed);
+	if ((reported > prefill_tokens ? reported : prefill_tokens) > rt->cfg.busy_prefill_tokens)
 		return RT_FILTER_BUSY_PREFILL;
 	return RT_ELIGIBLE;
 }
@@ -141,14 +142,19 @@ static void score(struct rt_core *c, const struct rt_request *rq, const struct r
 	uint64_t blocks, prefill_tokens;
 	double adjusted;
 
-	rt_target_load(c->rt, t, &blocks, &prefill_tokens);
-	*cand = (struct rt_candidate){.target = t, .overlap = c->overlap[t]};
-	cand->filter = (uint8_t)filter(c, in, t, prefill_tokens, cand);
+	rt_load_sum(c->rt, t, &blocks, &prefill_tokens);
+	cand->target = t;
+	cand->filter = RT_ELIGIBLE;
+	cand->same_domain = 0;
+	cand->overlap = c->overlap[t];
 	cand->new_blocks = pol->assume_kv_reuse ? n - c->already[t] : n;
-	if (pol->track_prefill_tokens)
-		cand->prefill_blocks = (double)(prefill_tokens + rq->ntokens) / in->block_size;
-	if (pol->track_active_blocks)
-		cand->decode_blocks = (double)(blocks + cand->new_blocks);
+	if (in->filtering)
+		cand->filter = (uint8_t)filter(c, in, t, prefill_tokens, cand);
+	/* Block sizes are powers of two: multiplying by the inverse divides exactly. */
+	cand->prefill_blocks =
+	    pol->track_prefill_tokens ? (double)(prefill_tokens + rq->ntokens) * in->inv_block_size
+				      : 0.0;
+	cand->decode_blocks = pol->track_active_blocks ? (double)(blocks + cand->new_blocks) : 0.0;
 	adjusted = cand->prefill_blocks - pol->overlap_score_credit * cand->overlap;
 	cand->cost = pol->prefill_load_scale * (adjusted > 0.0 ? adjusted : 0.0) +
 		     cand->decode_blocks;
