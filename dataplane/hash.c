@@ -19,29 +19,40 @@ uint64_t dp_hash_seed(const char *lora, size_t lora_len, const char *salt, size_
 	return seed;
 }
 
-static inline uint64_t hash_block(const uint32_t *tokens, uint32_t block_size, uint64_t seed)
+/*
+ * XXH3 with a seed derives a 192-byte secret from the seed for every input over 240 bytes, a
+ * block of 64 tokens or more; deriving it once per prompt and hashing with the secret and the
+ * seed gives exactly the same values (xxhash.h promises it) for a fraction of the work.
+ */
+static inline uint64_t hash_block(const uint32_t *tokens, uint32_t block_size, uint64_t seed,
+				  const uint8_t *secret)
 {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	return XXH3_64bits_withSeed(tokens, (size_t)block_size * sizeof(uint32_t), seed);
+	const uint32_t *le = tokens;
 #else
 	uint32_t le[DP_HASH_MAX_BLOCK];
 
 	for (uint32_t i = 0; i < block_size; i++)
 		le[i] = __builtin_bswap32(tokens[i]);
-	return XXH3_64bits_withSeed(le, (size_t)block_size * sizeof(uint32_t), seed);
 #endif
+	return XXH3_64bits_withSecretandSeed(le, (size_t)block_size * sizeof(uint32_t), secret,
+					     XXH3_SECRET_DEFAULT_SIZE, seed);
 }
 
 long dp_hash_blocks(const uint32_t *tokens, size_t ntokens, uint32_t block_size, uint64_t seed,
 		    uint64_t *local)
 {
+	uint8_t secret[XXH3_SECRET_DEFAULT_SIZE];
+
 	if (!dp_hash_block_size_ok(block_size))
 		return -EINVAL;
 
 	size_t n = ntokens / block_size;
 
+	if (n)
+		XXH3_generateSecret_fromSeed(secret, seed);
 	for (size_t i = 0; i < n; i++)
-		local[i] = hash_block(tokens + i * block_size, block_size, seed);
+		local[i] = hash_block(tokens + i * block_size, block_size, seed, secret);
 	return (long)n;
 }
 

@@ -245,7 +245,8 @@ static int map_ref(struct rt_share *s, uint64_t seq, uint32_t target)
 	s->map[p].tag = RT_TAG_PREFIX;
 	if (holders_add(s, &s->map[p], target))
 		return -ENOSPC;
-	j = map_find(s, seq, target); /* the prefix may have taken slot j */
+	if (p == j) /* j was the first free slot of both runs; p is not free any more */
+		j = map_find(s, seq, target);
 	s->map[j] = (struct rt_active){.seq = seq, .tag = target, .val = 1};
 	s->map_live++;
 	s->pairs++;
