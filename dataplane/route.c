@@ -26,7 +26,7 @@ int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
 	rc = pdx_reader_attach(rt->index, &c->reader);
 	if (rc)
 		return rc;
-	rc = rt_share_init(&c->share, cfg);
+	rc = rt_share_init(&c->share, cfg, index);
 	c->local = calloc(cfg->max_prompt_blocks, sizeof(uint64_t));
 	c->seq = calloc(cfg->max_prompt_blocks, sizeof(uint64_t));
 	c->match = calloc(rt->index->max_targets, sizeof(*c->match));
@@ -100,31 +100,34 @@ const struct rt_explain *rt_core_explain(const struct rt_core *c, enum rt_stage 
 	return (unsigned)stage < RT_STAGES ? &c->explain[stage] : NULL;
 }
 
-/* The stage policy: router defaults, then the request's overrides, then the stage's rules. */
-static struct rt_policy stage_policy(const struct rt_core *c, const struct rt_request *rq,
-				     enum rt_stage stage)
+/* Apply the fields of @ov whose bits are set. */
+static void policy_override(struct rt_policy *p, const struct rt_overrides *ov)
 {
-	struct rt_policy p = c->rt->cfg.policy;
-	const struct rt_overrides *ov = &rq->ov;
-
 	if (ov->set & RT_OV_CREDIT)
-		p.overlap_score_credit = ov->overlap_score_credit;
+		p->overlap_score_credit = ov->overlap_score_credit;
 	if (ov->set & RT_OV_LOAD_SCALE)
-		p.prefill_load_scale = ov->prefill_load_scale;
+		p->prefill_load_scale = ov->prefill_load_scale;
 	if (ov->set & RT_OV_TEMPERATURE)
-		p.temperature = ov->temperature;
+		p->temperature = ov->temperature;
 	if (ov->set & RT_OV_KV_REUSE)
-		p.assume_kv_reuse = ov->assume_kv_reuse;
+		p->assume_kv_reuse = ov->assume_kv_reuse;
 	if (ov->set & RT_OV_PREFILL_TOKENS)
-		p.track_prefill_tokens = ov->track_prefill_tokens;
+		p->track_prefill_tokens = ov->track_prefill_tokens;
+}
+
+/* The stage policy: router defaults, then the request's overrides, then the stage's rules. */
+static void stage_policy(const struct rt_core *c, const struct rt_request *rq, enum rt_stage stage,
+			 struct rt_policy *p)
+{
+	*p = c->rt->cfg.policy;
+	policy_override(p, &rq->ov);
 	if (stage == RT_STAGE_PREFILL) {
-		p.track_active_blocks = false; /* prefill workers do not decode */
+		p->track_active_blocks = false; /* prefill workers do not decode */
 	} else if (stage == RT_STAGE_DECODE) {
-		p.overlap_score_credit = 0.0; /* decode must not chase prefix reuse */
-		p.assume_kv_reuse = false;
-		p.track_prefill_tokens = false;
+		p->overlap_score_credit = 0.0; /* decode must not chase prefix reuse */
+		p->assume_kv_reuse = false;
+		p->track_prefill_tokens = false;
 	}
-	return p;
 }
 
 /* Block size the serving (decode and aggregated) pools share; 0 when both are empty. */
@@ -138,13 +141,12 @@ static uint32_t serving_block_size(const struct rt_model *md)
 static int request_begin(struct rt_core *c, const struct rt_request *rq,
 			 const struct rt_model **md)
 {
-	const struct rt_overrides *ov = &rq->ov;
+	struct rt_policy p = c->rt->cfg.policy;
 
 	if (rq->model >= c->rt->nmodels)
 		return -ENOENT;
-	if ((!rq->tokens && rq->ntokens) || !isfinite(ov->overlap_score_credit) ||
-	    !isfinite(ov->prefill_load_scale) || !isfinite(ov->temperature) ||
-	    ov->temperature < 0.0)
+	policy_override(&p, &rq->ov);
+	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&p))
 		return -EINVAL;
 	*md = &c->rt->model[rq->model];
 	c->hashed_bs = 0;
@@ -159,11 +161,11 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	struct rt_stage_in in = {
 	    .stage = stage,
 	    .md = md,
-	    .pol = stage_policy(c, rq, stage),
 	    .pin = stage == RT_STAGE_PREFILL ? rq->pin_prefill : rq->pin_target,
 	    .prefill = prefill,
 	};
 
+	stage_policy(c, rq, stage, &in.pol);
 	in.block_size = stage == RT_STAGE_PREFILL ? md->pool[RT_PREFILL].block_size
 						  : serving_block_size(md);
 	in.inv_block_size = in.block_size ? 1.0 / in.block_size : 0.0;

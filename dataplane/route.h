@@ -56,14 +56,17 @@ struct rt_config {
 	struct rt_transfer transfer;	/* global rule; a worker may register its own */
 	double busy_kv_fraction;	/* busy when reported used KV / capacity > this; 0: off */
 	uint64_t busy_prefill_tokens;	/* busy when active prefill tokens > this; 0: off */
-	uint64_t expiry_ns;		/* in-flight requests older than this are swept: 300 s */
+	uint64_t expiry_ns;		/* in-flight requests this old are swept: 300 s */
 	bool enforce_disagg;		/* refuse instead of decode-only fallback */
 	bool bootstrap;			/* choose prefill and decode up front (SGLang style) */
 	uint32_t max_targets;		/* routing targets; 0: PDX_DEFAULT_TARGETS */
 	uint32_t max_models;		/* 0: 64 */
 	uint32_t cores;			/* dataplane cores that will route; 0: 1 */
 	uint32_t max_requests;		/* in-flight requests per core; 0: 16384 */
-	uint32_t max_active_blocks;	/* deduplicated in-flight blocks per core; 0: 1 << 18 */
+	uint32_t max_active_blocks;	/* distinct (block, target) pairs in flight per core;
+					 * 0: 1 << 18 */
+	uint32_t max_inflight_blocks;	/* blocks of all in-flight requests of a core, a
+					 * shared block once per request; 0: 4 x max_active */
 	uint32_t max_prompt_blocks;	/* longest prompt in blocks; 0: PDX_MATCH_MAX_BLOCKS */
 	uint64_t seed;			/* random source of core i: seed + i; 0 is a seed too */
 };
@@ -129,7 +132,8 @@ struct rt_choice {
 	uint16_t target;
 	uint32_t worker;
 	uint32_t dp_rank;
-	uint32_t overlap; /* leading prompt blocks the target holds (0 when not queried) */
+	uint32_t overlap; /* leading prompt blocks the target holds; 0 when the stage did not
+			   * query the index (decode stage: no credit, no prefill tokens) */
 	rt_load_t load;
 };
 
@@ -196,7 +200,7 @@ struct rt_core_stats {
 	uint64_t released;
 	uint64_t expired;	    /* swept by rt_sweep() */
 	uint64_t stale_handle;	    /* release or first token of a handle not in flight */
-	uint64_t blocks_untracked;  /* blocks counted without dedup: dedup table full */
+	uint64_t blocks_untracked;  /* blocks counted without dedup: a dedup limit was reached */
 	uint64_t requests_full;	    /* -ENOBUFS: no in-flight slot left */
 };
 
@@ -215,7 +219,8 @@ void rt_config_default(struct rt_config *cfg);
  * @index: the prefix index; the router drops a leaving worker's targets from it, so
  *         @cfg->max_targets must not exceed the index's.
  *
- * Returns 0, -EINVAL for a value out of range (cfg->transfer included), or -ENOMEM.
+ * Returns 0, -EINVAL for a value out of range (a negative or non-finite policy knob, a bad
+ * cfg->transfer, a limit too large), or -ENOMEM.
  * Context: control thread, before any core routes.
  */
 int rt_router_init(struct rt_router *rt, const struct rt_config *cfg, struct pdx *index);
@@ -295,6 +300,7 @@ void rt_core_destroy(struct rt_core *core);
  * -EBUSY:  every eligible target is over a busy threshold (overloaded);
  * -EXDEV:  required topology: no decode target shares any prefill target's transfer domain
  *          (nothing was dispatched);
+ * -EINVAL: an override out of range (negative, NaN or infinite), or no tokens with ntokens;
  * -E2BIG:  prompt longer than cfg.max_prompt_blocks;
  * -ENOBUFS: no in-flight slot left on this core (counted).
  * With enforce_disagg, the prefill stage's own -ENODEV or -EBUSY is returned.
@@ -334,16 +340,18 @@ int rt_first_token(struct rt_core *core, rt_load_t load);
 /**
  * rt_release - the request behind @load ended, was cancelled or failed: drop its load.
  *
- * Returns 0 or -ESTALE (counted) when it was released or swept already, so every path may
- * release without double counting.
+ * Returns 0 or -ESTALE (counted) when it was released or swept already, or belongs to
+ * another core, so every path may release without double counting.
  * Context: the core that made @load.
  */
 int rt_release(struct rt_core *core, rt_load_t load);
 
 /**
- * rt_sweep - release every request routed more than cfg.expiry_ns before @now_ns.
+ * rt_sweep - release every request routed at least cfg.expiry_ns before @now_ns.
  *
- * Returns how many were released (counted in expired).
+ * Requests are swept in routing order: pass each request's routing time as its now_ns, from
+ * one monotonic clock; a request routed with an older time than the one before it is swept
+ * only after that one. Returns how many were released (counted in expired).
  * Context: the thread owning @core.
  */
 size_t rt_sweep(struct rt_core *core, uint64_t now_ns);

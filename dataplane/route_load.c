@@ -83,11 +83,14 @@ static inline void tl_add(_Atomic uint64_t *v, uint64_t add, uint64_t sub)
 			      memory_order_relaxed);
 }
 
-int rt_share_init(struct rt_share *s, const struct rt_config *cfg)
+int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core)
 {
-	uint32_t cap = 2, nchunks = 2 * (cfg->max_active_blocks / RT_CHUNK_SEQS + 1), nsets;
+	/* Each request may leave one chunk partly empty. */
+	uint32_t nchunks = cfg->max_inflight_blocks / RT_CHUNK_SEQS + cfg->max_requests;
+	uint32_t cap = 2, nsets;
 
 	memset(s, 0, sizeof(*s));
+	s->core = core;
 	/* Pairs and prefixes are at most max_active_blocks each: half full at worst. */
 	while (cap < 4 * cfg->max_active_blocks)
 		cap <<= 1;
@@ -268,17 +271,26 @@ static int map_unref(struct rt_share *s, uint64_t seq, uint32_t target)
 	return 1;
 }
 
+/*
+ * A handle: slot + 1 in bits 0-31, the owning core in bits 32-39 (a handle released on another
+ * core is refused, not mistaken for that core's request), the slot's generation in bits 40-63
+ * (a released handle misses once the slot is reused).
+ */
+#define RT_GEN_MASK 0xFFFFFFu
+
 static uint64_t handle_of(const struct rt_share *s, uint32_t slot)
 {
-	return (uint64_t)s->req[slot].gen << 32 | (slot + 1u);
+	return (uint64_t)(s->req[slot].gen & RT_GEN_MASK) << 40 | (uint64_t)s->core << 32 |
+	       (slot + 1u);
 }
 
-/* Slot of a handle still in flight, or RT_NIL. */
+/* Slot of a handle still in flight on this core, or RT_NIL. */
 static uint32_t slot_of(const struct rt_share *s, uint32_t max_requests, rt_load_t h)
 {
 	uint32_t slot = (uint32_t)h - 1u;
 
-	if (!h || slot >= max_requests || !s->req[slot].live || s->req[slot].gen != h >> 32)
+	if (!h || slot >= max_requests || (h >> 32 & 0xFF) != s->core || !s->req[slot].live ||
+	    (s->req[slot].gen & RT_GEN_MASK) != h >> 40)
 		return RT_NIL;
 	return slot;
 }

@@ -23,7 +23,7 @@
 
 #define RT_NIL UINT32_MAX
 #define RT_STAGES 4u
-#define RT_CHUNK_SEQS 62u /* sequence hashes per chunk: a chunk and its link fill 8 lines */
+#define RT_CHUNK_SEQS 16u /* prefix keys per chunk of a request's record: two cache lines */
 
 enum rt_target_state { RT_TARGET_FREE, RT_TARGET_LIVE, RT_TARGET_DRAINING };
 
@@ -127,6 +127,7 @@ struct rt_inflight {
 
 struct rt_share {
 	struct rt_tload *tl; /* [max_targets] */
+	uint32_t core;	     /* index of the owning core, part of every handle */
 	struct rt_active *map;
 	uint32_t map_mask;
 	uint32_t map_live;  /* occupied slots */
@@ -216,7 +217,7 @@ static inline void rt_load_sum(const struct rt_router *rt, uint16_t target, uint
 }
 
 /* route_load.c: the core's own predicted load. */
-int rt_share_init(struct rt_share *s, const struct rt_config *cfg);
+int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core);
 void rt_share_destroy(struct rt_share *s);
 /* already[t] = leading blocks of @seq in flight on t (for each t with some); those t go to
  * @touched. @already must be zero for them before. */
@@ -232,6 +233,9 @@ size_t rt_share_sweep(struct rt_share *s, uint64_t now_ns, uint64_t expiry_ns);
 /* route_score.c: filter, score, select and record one stage. */
 int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
 		    struct rt_choice *out);
+
+/* route_registry.c: are the knobs of @p in range (finite, none negative)? */
+bool rt_policy_ok(const struct rt_policy *p);
 
 /* route.c */
 uint64_t rt_core_random(struct rt_core *c);

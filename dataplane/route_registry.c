@@ -29,6 +29,14 @@ void rt_policy_default(struct rt_policy *p)
 	};
 }
 
+bool rt_policy_ok(const struct rt_policy *p)
+{
+	/* Written so that NaN fails too; a negative credit or scale would reward load. */
+	return p->overlap_score_credit >= 0.0 && isfinite(p->overlap_score_credit) &&
+	       p->prefill_load_scale >= 0.0 && isfinite(p->prefill_load_scale) &&
+	       p->temperature >= 0.0 && isfinite(p->temperature);
+}
+
 void rt_config_default(struct rt_config *cfg)
 {
 	*cfg = (struct rt_config){.expiry_ns = RT_DEFAULT_EXPIRY_NS};
@@ -128,16 +136,17 @@ static int config_check(struct rt_config *cfg, const struct pdx *index)
 		cfg->max_requests = RT_DEFAULT_REQUESTS;
 	if (!cfg->max_active_blocks)
 		cfg->max_active_blocks = RT_DEFAULT_ACTIVE_BLOCKS;
+	if (!cfg->max_inflight_blocks)
+		cfg->max_inflight_blocks =
+		    cfg->max_active_blocks < (1u << 28) ? 4 * cfg->max_active_blocks : 1u << 30;
 	if (!cfg->max_prompt_blocks)
 		cfg->max_prompt_blocks = PDX_MATCH_MAX_BLOCKS;
 	if (cfg->max_targets > index->max_targets || cfg->cores > RT_CORES_LIMIT ||
 	    cfg->max_prompt_blocks > PDX_MATCH_MAX_BLOCKS || cfg->max_models > UINT16_MAX ||
-	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > (1u << 30))
+	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > (1u << 30) ||
+	    cfg->max_inflight_blocks > (1u << 30))
 		return -EINVAL;
-	/* Written as negations so that NaN fails too. */
-	if (!(cfg->busy_kv_fraction >= 0.0) || !(cfg->policy.temperature >= 0.0) ||
-	    !isfinite(cfg->policy.temperature) || !isfinite(cfg->policy.overlap_score_credit) ||
-	    !isfinite(cfg->policy.prefill_load_scale))
+	if (!(cfg->busy_kv_fraction >= 0.0) || !rt_policy_ok(&cfg->policy))
 		return -EINVAL;
 	return 0;
 }
@@ -366,9 +375,9 @@ static int targets_reserve(struct rt_router *rt, uint32_t n, uint16_t *ids)
 	return 0;
 }
 
-/* Fill target @t for DP rank @rank of @s. */
+/* Fill target @t for DP rank @rank of @s; its model is set by the caller. */
 static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint32_t rank,
-			int model, const struct rt_worker_spec *s, const struct rt_rule *rule)
+			const struct rt_worker_spec *s, const struct rt_rule *rule)
 {
 	struct rt_target *tg = &rt->target[t];
 	int key, val;
@@ -385,7 +394,6 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 	}
 	tg->worker = worker;
 	tg->dp_rank = rank;
-	tg->model = (uint16_t)model;
 	tg->type = (uint8_t)s->type;
 	tg->block_size = s->block_size;
 	tg->kv_capacity_blocks = s->kv_capacity_blocks;
@@ -418,10 +426,9 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 		if (rc)
 			return rc;
 	}
-	model = model_intern(rt, spec->model);
-	if (model < 0)
-		return refuse(err, errlen, model, "no room for model '%s'", spec->model);
-	rc = pool_check(rt, model, spec, err, errlen);
+	/* Check everything that can fail before anything a caller could see changes. */
+	model = rt_model_find(rt, spec->model, strlen(spec->model));
+	rc = model >= 0 ? pool_check(rt, model, spec, err, errlen) : 0;
 	if (rc)
 		return rc;
 	ids = calloc(spec->dp_ranks, sizeof(*ids));
@@ -430,12 +437,16 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 	w = worker_slot(rt);
 	rc = w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
 	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
-		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, model, spec, &rule);
-	if (rc) {
+		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, spec, &rule);
+	if (rc == 0 && model < 0)
+		model = rc = model_intern(rt, spec->model);
+	if (rc < 0) {
 		free(ids);
 		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
-					       : "no routing target or topology value left");
+					       : "no routing target, model or topology value left");
 	}
+	for (uint32_t i = 0; i < spec->dp_ranks; i++)
+		rt->target[ids[i]].model = (uint16_t)model;
 	*w = (struct rt_worker){.id = worker, .live = true, .ntargets = (uint16_t)spec->dp_ranks,
 				.targets = ids};
 	pool = &rt->model[model].pool[spec->type];

@@ -56,7 +56,8 @@ static size_t gather(struct rt_core *c, const struct rt_request *rq, const struc
 
 	if (!n)
 		return 0;
-	if (in->pol.overlap_score_credit != 0.0) {
+	/* Overlap scores the credit and sets the prefill tokens; the decode stage needs neither. */
+	if (in->pol.overlap_score_credit != 0.0 || in->pol.track_prefill_tokens) {
 		need_local(c, rq, in->block_size, n);
 		nmatch = pdx_match(c->reader, c->local, n, c->match);
 		for (size_t i = 0; i < nmatch; i++)
@@ -168,24 +169,23 @@ static uint32_t random_below(struct rt_core *c, uint32_t n)
 	return (uint32_t)(((rt_core_random(c) >> 32) * (uint64_t)n) >> 32);
 }
 
-/* Cheapest eligible candidate; exact ties broken uniformly (reservoir sampling). */
-static uint32_t select_min(struct rt_core *c, const struct rt_candidate *cand, uint32_t ncand)
-{
-	uint32_t chosen = 0, ties = 0;
-	double best = INFINITY;
+/* The cheapest candidate so far, offered one by one while scoring (one pass, no second loop). */
+struct cheapest {
+	double cost;
+	uint32_t index;
+	uint32_t ties; /* candidates at exactly @cost so far */
+};
 
-	for (uint32_t i = 0; i < ncand; i++) {
-		if (cand[i].filter != RT_ELIGIBLE)
-			continue;
-		if (cand[i].cost < best || ties == 0) {
-			best = cand[i].cost;
-			chosen = i;
-			ties = 1;
-		} else if (cand[i].cost == best && random_below(c, ++ties) == 0) {
-			chosen = i;
-		}
+/* Offer candidate @i: exact ties are broken uniformly (reservoir sampling). */
+static inline void cheapest_offer(struct rt_core *c, struct cheapest *m, uint32_t i, double cost)
+{
+	if (cost < m->cost || m->ties == 0) {
+		m->cost = cost;
+		m->index = i;
+		m->ties = 1;
+	} else if (cost == m->cost && random_below(c, ++m->ties) == 0) {
+		m->index = i;
 	}
-	return chosen;
 }
 
 /* Sample with probability proportional to exp(-(cost - min) / ((max - min) * T)). */
@@ -273,6 +273,7 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	struct rt_candidate *cand = c->cand[in->stage];
 	uint32_t n = (uint32_t)(rq->ntokens / in->block_size), ncand = 0, eligible = 0;
 	size_t nmatch = gather(c, rq, in, n);
+	struct cheapest min = {0};
 	int rc = 0;
 
 	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
@@ -282,7 +283,11 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 			continue;
 		for (uint32_t i = 0; i < pool->n; i++, ncand++) {
 			score(c, rq, in, n, pool->targets[i], &cand[ncand]);
-			eligible += cand[ncand].filter == RT_ELIGIBLE;
+			if (cand[ncand].filter != RT_ELIGIBLE)
+				continue;
+			eligible++;
+			if (in->pol.temperature == 0.0)
+				cheapest_offer(c, &min, ncand, cand[ncand].cost);
 		}
 	}
 	*ex = (struct rt_explain){.stage = in->stage, .model = rq->model, .blocks = n,
@@ -292,7 +297,7 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	else if (in->pol.temperature > 0.0)
 		ex->chosen = select_softmax(c, cand, ncand, in->pol.temperature);
 	else
-		ex->chosen = select_min(c, cand, ncand);
+		ex->chosen = min.index;
 	if (rc == 0) {
 		fill_choice(c, &cand[ex->chosen], out);
 		if (!rq->peek)
