@@ -359,6 +359,18 @@ size_t rt_sweep(struct rt_core *core, uint64_t now_ns);
 /* The explanation of the core's last decision of @stage. */
 const struct rt_explain *rt_core_explain(const struct rt_core *core, enum rt_stage stage);
 
+/**
+ * rt_explain_format - an explanation as text: a line for the decision (stage, model, prompt
+ * blocks, outcome, policy), then a line per candidate (its figures, or why it was filtered),
+ * the chosen one marked '*'.
+ * @buf: receives the text, cut short (and terminated) when @len is too small.
+ *
+ * Returns the length the whole text needs, as snprintf() does.
+ * Context: the thread owning the core @ex came from, while no registration runs.
+ */
+size_t rt_explain_format(const struct rt_router *rt, const struct rt_explain *ex, char *buf,
+			 size_t len);
+
 /* Copy the core's counters. */
 void rt_core_stats(const struct rt_core *core, struct rt_core_stats *out);
 

@@ -351,9 +351,9 @@ static int pool_check(const struct rt_router *rt, int model, const struct rt_wor
 		    pool->block_size == s->block_size)
 			continue;
 		return refuse(err, errlen, -EINVAL,
-			      "block size %u differs from the %u of model '%s''s %s pool",
-			      s->block_size, pool->block_size, s->model,
-			      p == RT_PREFILL ? "prefill" : "decode/aggregated");
+			      "block size %u differs from the %u of the %s pool of model '%s'",
+			      s->block_size, pool->block_size,
+			      p == RT_PREFILL ? "prefill" : "decode/aggregated", s->model);
 	}
 	return 0;
 }
