@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, until the daemon lands: installs the dependencies, builds an optimised tree
 # (build-release/), turns the shipped Mooncake trace into prefix-index operation streams and
-# replays them with `pdbench index`, printing match latency and throughput.
+# replays them with `pdbench index`, printing match latency and throughput, then times
+# routing decisions with `pdbench route`.
 # Usage: tools/run.sh [--workers N] [extra pdbench index flags...]
 # PDROUTER_SHARED points at the shared/ directory (default: ../shared beside the checkout).
 set -euo pipefail
@@ -45,3 +46,5 @@ for variant in "synthetic:" "shared-prefix:--shared-prefix 2"; do
 	echo "== pdbench index: Mooncake trace, $name, $workers workers, block size 64"
 	build-release/bench/pdbench index --ops "$ops" "$@"
 done
+echo "== pdbench route: routing decision latency, block size 64"
+build-release/bench/pdbench route
