@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "hash.h"
 #include "index.h"
@@ -15,44 +14,6 @@
 _Static_assert(sizeof(struct pdx_stats) == sizeof(((struct pdx *)0)->stat),
 	       "struct pdx_stats and pdx.stat must have the same fields");
 _Static_assert(PDX_TARGETS_LIMIT <= UINT16_MAX + 1u, "holder sets store target ids as u16");
-
-/*
- * The big arrays readers walk (entry chunks, the table) come from transparent huge pages when
- * the kernel has them: a match touches a handful of scattered lines, and on 4 KiB pages each
- * also costs a TLB miss, which under virtualisation is a walk of two page tables.
- */
-void *pdx_huge_alloc(size_t bytes)
-{
-	if (bytes < PDX_HUGE_PAGE / 2)
-		return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-
-	/* Huge pages need 2 MiB-aligned ranges: map one page more and trim both ends. */
-	size_t len = (bytes + PDX_HUGE_PAGE - 1) & ~(size_t)(PDX_HUGE_PAGE - 1);
-	char *map = mmap(NULL, len + PDX_HUGE_PAGE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (map == MAP_FAILED)
-		return NULL;
-
-	char *p = (char *)(((uintptr_t)map + PDX_HUGE_PAGE - 1) & ~(uintptr_t)(PDX_HUGE_PAGE - 1));
-
-	if (p > map)
-		munmap(map, (size_t)(p - map));
-	munmap(p + len, (size_t)(map + PDX_HUGE_PAGE - p));
-	/* Advice only: without THP the memory is just 4 KiB pages. */
-	(void)madvise(p, len, MADV_HUGEPAGE);
-	return p;
-}
-
-void pdx_huge_free(void *p, size_t bytes)
-{
-	if (!p)
-		return;
-	if (bytes < PDX_HUGE_PAGE / 2)
-		free(p);
-	else
-		munmap(p, (bytes + PDX_HUGE_PAGE - 1) & ~(size_t)(PDX_HUGE_PAGE - 1));
-}
 
 /* Reader handles; their scratch space is allocated when a thread first attaches. */
 static int readers_init(struct pdx *x)

@@ -41,12 +41,12 @@ static int chunk_add(struct pdx *x)
 	if (!depth)
 		return -ENOMEM;
 	if (!x->slabs[slab]) {
-		x->slabs[slab] = pdx_huge_alloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
+		x->slabs[slab] = dp_huge_zalloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
 		if (!x->slabs[slab]) {
 			free(depth);
 			return -ENOMEM;
 		}
-		pdx_stat_add(x, PDX_STAT(bytes), PDX_HUGE_PAGE); /* the whole mapping */
+		pdx_stat_add(x, PDX_STAT(bytes), DP_HUGE_PAGE); /* the whole mapping */
 	}
 
 	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];
@@ -262,7 +262,7 @@ void pdx_entries_destroy(struct pdx *x)
 	for (uint32_t i = 0; i < x->nchunks; i++)
 		free(x->meta[i].depth);
 	for (uint32_t i = 0; i < x->nchunks; i += PDX_SLAB_CHUNKS)
-		pdx_huge_free(x->slabs[i / PDX_SLAB_CHUNKS],
+		dp_huge_free(x->slabs[i / PDX_SLAB_CHUNKS],
 			      PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
 	free(x->slabs);
 	free(x->chunk);

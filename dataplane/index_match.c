@@ -248,15 +248,20 @@ static void narrow(struct pdx_reader *r, struct matching *m, const struct pdx_se
 	const uint16_t *from = m->copied ? r->active : m->set->member;
 	size_t n = m->copied ? m->na : m->set->n, k = 0, j = 0;
 
+	/* Both lists are sorted: a merge. Whether a target stays is data, not a branch: it is
+	 * written to both lists and only the right one's count moves (a set of 1,024 narrowed to
+	 * a few dozen would otherwise mispredict at every dropped target). */
 	for (size_t i = 0; i < n; i++) {
 		uint16_t t = from[i];
+		bool stays;
 
 		while (j < set->n && set->member[j] < t)
 			j++;
-		if (j < set->n && set->member[j] == t)
-			r->active[k++] = t;
-		else
-			out[(*nout)++] = (struct pdx_overlap){.target = t, .depth = depth};
+		stays = j < set->n && set->member[j] == t;
+		r->active[k] = t;
+		out[*nout] = (struct pdx_overlap){.target = t, .depth = depth};
+		k += stays;
+		*nout += !stays;
 	}
 	m->copied = true;
 	m->na = k;

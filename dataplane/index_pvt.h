@@ -66,6 +66,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "huge.h"
+
 #define PDX_CHUNK_SHIFT 12
 #define PDX_CHUNK_SLOTS (1u << PDX_CHUNK_SHIFT)
 #define PDX_MAX_CHUNKS (1u << 15) /* 2^27 entries */
@@ -171,9 +173,8 @@ struct pdx_dirty {
 	uint32_t lo, hi; /* entry indices, same chunk */
 };
 
-/* Chunks are carved out of slabs of huge pages (pdx_huge_alloc()). */
-#define PDX_HUGE_PAGE (2u << 20)
-#define PDX_SLAB_CHUNKS ((uint32_t)(PDX_HUGE_PAGE / sizeof(struct pdx_chunk)))
+/* Chunks are carved out of slabs of huge pages (dp_huge_zalloc()). */
+#define PDX_SLAB_CHUNKS ((uint32_t)(DP_HUGE_PAGE / sizeof(struct pdx_chunk)))
 
 struct pdx {
 	/* Shared with readers. */
@@ -266,10 +267,6 @@ static inline uint64_t pdx_holders_word(const struct pdx_set *set, uint64_t flag
 {
 	return (uint64_t)(uintptr_t)set | flags | (uint64_t)span << PDX_SPAN_SHIFT;
 }
-
-/* index.c: huge-page allocations */
-void *pdx_huge_alloc(size_t bytes);
-void pdx_huge_free(void *p, size_t bytes);
 
 /* index_table.c: reserve, then insert (cannot fail); find returns PDX_NONE if absent */
 void pdx_table_free(struct pdx_table *t);

@@ -52,7 +52,7 @@ size_t pdx_table_bytes(uint64_t slots)
 
 static struct pdx_table *table_new(uint64_t slots)
 {
-	struct pdx_table *t = pdx_huge_alloc(pdx_table_bytes(slots));
+	struct pdx_table *t = dp_huge_zalloc(pdx_table_bytes(slots));
 
 	if (!t)
 		return NULL;
@@ -77,7 +77,7 @@ static uint64_t table_slots_for(uint64_t min_slots, uint64_t live)
 void pdx_table_free(struct pdx_table *t)
 {
 	if (t)
-		pdx_huge_free(t, pdx_table_bytes(t->mask + 1));
+		dp_huge_free(t, pdx_table_bytes(t->mask + 1));
 }
 
 int pdx_table_init(struct pdx *x, uint64_t blocks)

@@ -35,12 +35,13 @@ int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
 	c->touched = calloc(cfg->max_targets, sizeof(uint16_t));
 	c->has_decode = calloc(RT_DOMAIN_KEYS * RT_DOMAIN_VALUES / 64, sizeof(uint64_t));
 	c->weight = calloc(cfg->max_targets, sizeof(double));
+	c->tie = calloc(cfg->max_targets, sizeof(uint32_t));
 	for (uint32_t s = 0; s < RT_STAGES; s++) {
 		c->cand[s] = calloc(cfg->max_targets, sizeof(struct rt_candidate));
 		rc = rc ? rc : c->cand[s] ? 0 : -ENOMEM;
 	}
 	if (rc || !c->local || !c->seq || !c->match || !c->overlap || !c->already ||
-	    !c->touched || !c->has_decode || !c->weight) {
+	    !c->touched || !c->has_decode || !c->weight || !c->tie) {
 		rt_core_destroy(c);
 		return -ENOMEM;
 	}
@@ -63,6 +64,7 @@ void rt_core_destroy(struct rt_core *c)
 	free(c->touched);
 	free(c->has_decode);
 	free(c->weight);
+	free(c->tie);
 	for (uint32_t s = 0; s < RT_STAGES; s++)
 		free(c->cand[s]);
 	memset(c, 0, sizeof(*c));

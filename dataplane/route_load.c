@@ -16,12 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "huge.h"
 #include "route.h"
 
 #define RT_PREFETCH_AHEAD 8u
 #define RT_VAL_SINGLE (1u << 31) /* prefix slot: one holder, in the low bits */
 #define RT_VAL_TARGET 0xFFFFu
-#define RT_SETS_BYTES (64u << 20) /* holder sets per core, at most */
+#define RT_SETS_BYTES (16u << 20) /* holder bitmaps per core, at most */
 
 static inline uint32_t map_home(const struct rt_share *s, uint64_t seq, uint32_t tag)
 {
@@ -97,12 +98,15 @@ int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core
 	s->map_mask = cap - 1;
 	s->map_limit = cfg->max_active_blocks;
 	s->set_words = (cfg->max_targets + 63) / 64;
+	/* Only prefixes in flight on two targets or more take a bitmap: the shared ones. */
 	nsets = RT_SETS_BYTES / (8 * (s->set_words + 1));
-	if (nsets > cfg->max_active_blocks)
-		nsets = cfg->max_active_blocks;
+	if (nsets > cfg->max_active_blocks / 4 + 1)
+		nsets = cfg->max_active_blocks / 4 + 1;
 	s->tl = calloc(cfg->max_targets, sizeof(*s->tl));
-	s->map = calloc(cap, sizeof(*s->map));
-	s->sets = calloc((size_t)nsets * (s->set_words + 1), sizeof(uint64_t));
+	s->map_bytes = (size_t)cap * sizeof(*s->map);
+	s->sets_bytes = (size_t)nsets * (s->set_words + 1) * sizeof(uint64_t);
+	s->map = dp_huge_zalloc(s->map_bytes);
+	s->sets = dp_huge_zalloc(s->sets_bytes);
 	s->alive = calloc(s->set_words, sizeof(uint64_t));
 	s->chunk_seq = calloc((size_t)nchunks * RT_CHUNK_SEQS, sizeof(uint64_t));
 	s->chunk_next = calloc(nchunks, sizeof(uint32_t));
@@ -126,8 +130,8 @@ int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core
 void rt_share_destroy(struct rt_share *s)
 {
 	free(s->tl);
-	free(s->map);
-	free(s->sets);
+	dp_huge_free(s->map, s->map_bytes);
+	dp_huge_free(s->sets, s->sets_bytes);
 	free(s->alive);
 	free(s->chunk_seq);
 	free(s->chunk_next);

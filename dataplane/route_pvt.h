@@ -128,7 +128,8 @@ struct rt_inflight {
 struct rt_share {
 	struct rt_tload *tl; /* [max_targets] */
 	uint32_t core;	     /* index of the owning core, part of every handle */
-	struct rt_active *map;
+	struct rt_active *map; /* huge pages: probed at random */
+	size_t map_bytes, sets_bytes;
 	uint32_t map_mask;
 	uint32_t map_live;  /* occupied slots */
 	uint32_t map_limit; /* pairs allowed: the table stays at most half full */
@@ -172,6 +173,7 @@ struct rt_core {
 	uint64_t *has_decode; /* [RT_DOMAIN_KEYS][RT_DOMAIN_VALUES / 64] */
 	uint32_t has_decode_keys;
 	double *weight; /* temperature sampling */
+	uint32_t *tie;	/* candidates tied for the lowest cost */
 	struct rt_candidate *cand[RT_STAGES];
 	struct rt_explain explain[RT_STAGES];
 };

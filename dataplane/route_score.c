@@ -135,32 +135,73 @@ static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, ui
 	return RT_ELIGIBLE;
 }
 
-/* Fill the candidate for target @t: filter verdict and, when eligible, its cost. */
-static void score(struct rt_core *c, const struct rt_request *rq, const struct rt_stage_in *in,
-		  uint32_t n, uint16_t t, struct rt_candidate *cand)
-{
-	const struct rt_policy *pol = &in->pol;
-	uint64_t blocks, prefill_tokens;
-	double adjusted;
+/*
+ * What every candidate of a stage is scored with, copied out of the policy once: the loop
+ * stores doubles into candidates, which the compiler must otherwise assume could change the
+ * policy's doubles, and reload them for every target.
+ */
+struct scoring {
+	double credit, scale, inv_block_size;
+	uint64_t isl;
+	uint32_t blocks; /* prompt blocks at the stage's block size */
+	bool reuse, track_prefill, track_active, filtering;
+	uint32_t nshares;
+	const struct rt_tload *tl[RT_CORES_LIMIT]; /* each core's counters */
+};
 
-	rt_load_sum(c->rt, t, &blocks, &prefill_tokens);
+static void scoring_init(const struct rt_core *c, const struct rt_request *rq,
+			 const struct rt_stage_in *in, uint32_t n, struct scoring *sc)
+{
+	sc->credit = in->pol.overlap_score_credit;
+	sc->scale = in->pol.prefill_load_scale;
+	sc->inv_block_size = in->inv_block_size;
+	sc->isl = rq->ntokens;
+	sc->blocks = n;
+	sc->reuse = in->pol.assume_kv_reuse;
+	sc->track_prefill = in->pol.track_prefill_tokens;
+	sc->track_active = in->pol.track_active_blocks;
+	sc->filtering = in->filtering;
+	sc->nshares = 0;
+	for (uint32_t k = 0; k < c->rt->cfg.cores; k++)
+		if (c->rt->share[k])
+			sc->tl[sc->nshares++] = c->rt->share[k]->tl;
+}
+
+/* Fill the candidate for target @t: filter verdict and, when eligible, its cost. */
+static inline void score(struct rt_core *c, const struct rt_stage_in *in,
+			 const struct scoring *sc, uint16_t t, struct rt_candidate *cand)
+{
+	uint64_t blocks = 0, prefill_tokens = 0;
+	uint32_t fresh = sc->reuse ? sc->blocks - c->already[t] : sc->blocks;
+	double prefill_blocks = 0.0, decode_blocks = 0.0, adjusted, cost;
+	uint32_t overlap = c->overlap[t];
+
+	for (uint32_t k = 0; k < sc->nshares; k++) {
+		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
+		blocks += atomic_load_explicit(&sc->tl[k][t].blocks, memory_order_relaxed);
+		prefill_tokens +=
+		    atomic_load_explicit(&sc->tl[k][t].prefill_tokens, memory_order_relaxed);
+	}
 	cand->target = t;
 	cand->filter = RT_ELIGIBLE;
 	cand->same_domain = 0;
-	cand->overlap = c->overlap[t];
-	cand->new_blocks = pol->assume_kv_reuse ? n - c->already[t] : n;
-	if (in->filtering)
+	cand->overlap = overlap;
+	cand->new_blocks = fresh;
+	if (sc->filtering)
 		cand->filter = (uint8_t)filter(c, in, t, prefill_tokens, cand);
-	/* Block sizes are powers of two: multiplying by the inverse divides exactly. */
-	cand->prefill_blocks =
-	    pol->track_prefill_tokens ? (double)(prefill_tokens + rq->ntokens) * in->inv_block_size
-				      : 0.0;
-	cand->decode_blocks = pol->track_active_blocks ? (double)(blocks + cand->new_blocks) : 0.0;
-	adjusted = cand->prefill_blocks - pol->overlap_score_credit * cand->overlap;
-	cand->cost = pol->prefill_load_scale * (adjusted > 0.0 ? adjusted : 0.0) +
-		     cand->decode_blocks;
+	/* Block sizes are powers of two: multiplying by the inverse divides exactly. Counts go
+	 * through int64_t, which converts in one instruction (no count comes near 2^63). */
+	if (sc->track_prefill)
+		prefill_blocks = (double)(int64_t)(prefill_tokens + sc->isl) * sc->inv_block_size;
+	if (sc->track_active)
+		decode_blocks = (double)(int64_t)(blocks + fresh);
+	adjusted = prefill_blocks - sc->credit * overlap;
+	cost = sc->scale * (adjusted > 0.0 ? adjusted : 0.0) + decode_blocks;
 	if (cand->same_domain && in->prefill->rule.enforcement == RT_TRANSFER_PREFERRED)
-		cand->cost *= in->prefill->rule.discount;
+		cost *= in->prefill->rule.discount;
+	cand->prefill_blocks = prefill_blocks;
+	cand->decode_blocks = decode_blocks;
+	cand->cost = cost;
 }
 
 /* Uniform in [0, n). */
@@ -169,23 +210,32 @@ static uint32_t random_below(struct rt_core *c, uint32_t n)
 	return (uint32_t)(((rt_core_random(c) >> 32) * (uint64_t)n) >> 32);
 }
 
-/* The cheapest candidate so far, offered one by one while scoring (one pass, no second loop). */
+/*
+ * The cheapest candidates so far, offered one by one while scoring (one pass). Exact ties are
+ * kept in a list and one of them drawn at the end: idle targets all tie, and a draw per tie
+ * would cost more than scoring them.
+ */
 struct cheapest {
 	double cost;
-	uint32_t index;
-	uint32_t ties; /* candidates at exactly @cost so far */
+	uint32_t nties; /* candidates at exactly @cost so far, in @tie */
+	uint32_t *tie;
 };
 
-/* Offer candidate @i: exact ties are broken uniformly (reservoir sampling). */
-static inline void cheapest_offer(struct rt_core *c, struct cheapest *m, uint32_t i, double cost)
+static inline void cheapest_offer(struct cheapest *m, uint32_t i, double cost)
 {
-	if (cost < m->cost || m->ties == 0) {
+	if (cost < m->cost || m->nties == 0) {
 		m->cost = cost;
-		m->index = i;
-		m->ties = 1;
-	} else if (cost == m->cost && random_below(c, ++m->ties) == 0) {
-		m->index = i;
+		m->nties = 0;
+	} else if (cost != m->cost) {
+		return;
 	}
+	m->tie[m->nties++] = i;
+}
+
+/* One of the cheapest, uniformly. */
+static uint32_t cheapest_pick(struct rt_core *c, const struct cheapest *m)
+{
+	return m->tie[m->nties > 1 ? random_below(c, m->nties) : 0];
 }
 
 /* Sample with probability proportional to exp(-(cost - min) / ((max - min) * T)). */
@@ -273,21 +323,23 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	struct rt_candidate *cand = c->cand[in->stage];
 	uint32_t n = (uint32_t)(rq->ntokens / in->block_size), ncand = 0, eligible = 0;
 	size_t nmatch = gather(c, rq, in, n);
-	struct cheapest min = {0};
+	struct cheapest min = {.tie = c->tie};
+	struct scoring sc;
 	int rc = 0;
 
+	scoring_init(c, rq, in, n, &sc);
 	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
 		const struct rt_pool *pool = &in->md->pool[p];
 
 		if ((p == RT_PREFILL) != (in->stage == RT_STAGE_PREFILL))
 			continue;
 		for (uint32_t i = 0; i < pool->n; i++, ncand++) {
-			score(c, rq, in, n, pool->targets[i], &cand[ncand]);
+			score(c, in, &sc, pool->targets[i], &cand[ncand]);
 			if (cand[ncand].filter != RT_ELIGIBLE)
 				continue;
 			eligible++;
 			if (in->pol.temperature == 0.0)
-				cheapest_offer(c, &min, ncand, cand[ncand].cost);
+				cheapest_offer(&min, ncand, cand[ncand].cost);
 		}
 	}
 	*ex = (struct rt_explain){.stage = in->stage, .model = rq->model, .blocks = n,
@@ -297,7 +349,7 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	else if (in->pol.temperature > 0.0)
 		ex->chosen = select_softmax(c, cand, ncand, in->pol.temperature);
 	else
-		ex->chosen = min.index;
+		ex->chosen = cheapest_pick(c, &min);
 	if (rc == 0) {
 		fill_choice(c, &cand[ex->chosen], out);
 		if (!rq->peek)
