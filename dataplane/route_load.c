@@ -4,11 +4,12 @@
  * counts) and prefill tokens not yet prefilled; per request: a slot that remembers what to give
  * back. Only the owning core runs this file; other cores read the per-target counters.
  *
- * The dedup table is open addressing with linear probing and holds two kinds of slot: a pair
- * (prefix, target) with its reference count, found in O(1) when a request comes and goes, and a
- * prefix with the set of targets it is in flight on, as a bitmap, so that finding which targets
- * already carry a prompt's leading blocks is a few word ANDs per block, whatever the number of
- * targets. In-flight blocks are prefix-closed (a request brings blocks 0..n-1 together), so
+ * The dedup table is open addressing with linear probing and holds two kinds of slot: a
+ * prefix with the targets it is in flight on, and a pair (prefix, target) with its reference
+ * count. A prefix in flight on one target only (most of any prompt) names it inline with its
+ * count: one slot, one probe. A shared one keeps a bitmap of its targets, so that finding which
+ * targets already carry a prompt's leading blocks is a few word ANDs per block, whatever the
+ * number of targets, and a pair slot per target, found in O(1). In-flight blocks are prefix-closed (a request brings blocks 0..n-1 together), so
  * holder sets only shrink along a prompt and rt_share_already() stops where the set empties.
  * Deletion shifts slots back instead of leaving tombstones, so probe runs never rot.
  */
@@ -20,8 +21,11 @@
 #include "route.h"
 
 #define RT_PREFETCH_AHEAD 8u
-#define RT_VAL_SINGLE (1u << 31) /* prefix slot: one holder, in the low bits */
+/* A prefix slot's value: a bitmap index + 1, or one holder inline with its references. */
+#define RT_VAL_SINGLE (1u << 31)
 #define RT_VAL_TARGET 0xFFFFu
+#define RT_VAL_REFS_SHIFT 16
+#define RT_VAL_REFS_MAX 0x7FFFu
 #define RT_SETS_BYTES (16u << 20) /* holder bitmaps per core, at most */
 
 static inline uint32_t map_home(const struct rt_share *s, uint64_t seq, uint32_t tag)
@@ -188,90 +192,123 @@ void rt_share_already(struct rt_share *s, const uint64_t *seq, uint32_t n, uint3
 		walk_drop(s->alive[k], k, n, already, touched, ntouched);
 }
 
-/* Add @target to the holders of the prefix in slot @p; -ENOSPC when no bitmap is left. */
-static int holders_add(struct rt_share *s, struct rt_active *p, uint32_t target)
+/* A new holder bitmap with no member, or RT_NIL when none is left. */
+static uint32_t set_new(struct rt_share *s)
 {
+	uint32_t idx = s->set_free;
 	uint64_t *set;
 
-	if (!p->val) {
-		p->val = RT_VAL_SINGLE | target;
-		s->map_live++;
-		return 0;
-	}
-	if (p->val & RT_VAL_SINGLE) { /* a second holder: move to a bitmap */
-		uint32_t idx = s->set_free, first = p->val & RT_VAL_TARGET;
-
-		if (idx == RT_NIL)
-			return -ENOSPC;
-		set = set_at(s, idx);
-		s->set_free = (uint32_t)set[0];
-		memset(set, 0, (s->set_words + 1) * sizeof(uint64_t));
-		set[1 + first / 64] = 1ull << first % 64;
-		set[0] = 1;
-		p->val = idx + 1;
-	}
-	set = set_at(s, p->val - 1);
-	set[1 + target / 64] |= 1ull << target % 64;
-	set[0]++;
-	return 0;
+	if (idx == RT_NIL)
+		return RT_NIL;
+	set = set_at(s, idx);
+	s->set_free = (uint32_t)set[0];
+	memset(set, 0, (s->set_words + 1) * sizeof(uint64_t));
+	return idx;
 }
 
-/* Remove @target from the holders of the prefix in slot @p; the slot goes with the last one. */
-static void holders_del(struct rt_share *s, uint32_t slot, uint32_t target)
+static void set_put(struct rt_share *s, uint32_t idx, uint32_t target, bool member)
 {
-	struct rt_active *p = &s->map[slot];
-	uint64_t *set;
+	uint64_t *set = set_at(s, idx);
 
-	if (!(p->val & RT_VAL_SINGLE)) {
-		set = set_at(s, p->val - 1);
+	if (member)
+		set[1 + target / 64] |= 1ull << target % 64;
+	else
 		set[1 + target / 64] &= ~(1ull << target % 64);
-		if (--set[0])
-			return;
-		set[0] = s->set_free;
-		s->set_free = p->val - 1;
-	}
-	map_delete(s, slot);
+	set[0] += member ? 1 : -1;
+}
+
+/*
+ * The prefix in slot @p is held by one target alone, inline: give it a bitmap and move that
+ * target's references into a pair slot of their own. -ENOSPC when no bitmap is left.
+ */
+static int prefix_share(struct rt_share *s, uint32_t p)
+{
+	uint32_t only = s->map[p].val & RT_VAL_TARGET, idx = set_new(s), j;
+
+	if (idx == RT_NIL)
+		return -ENOSPC;
+	j = map_find(s, s->map[p].seq, only); /* free: a lone holder has no pair slot */
+	s->map[j] = (struct rt_active){.seq = s->map[p].seq, .tag = only,
+				       .val = s->map[p].val >> RT_VAL_REFS_SHIFT & RT_VAL_REFS_MAX};
+	s->map_live++;
+	set_put(s, idx, only, true);
+	s->map[p].val = idx + 1; /* inserting at j moved no other slot: p still holds it */
+	return 0;
 }
 
 /*
  * Take a reference on (@seq, @target): 1 when the block is new on the target, 0 when it was in
- * flight there already, -ENOSPC when the table or the holder bitmaps are full.
+ * flight there already, -ENOSPC when the table or the holder bitmaps are full. A prefix held by
+ * one target (every block of a prompt past what others share) costs one slot and one probe.
  */
 static int map_ref(struct rt_share *s, uint64_t seq, uint32_t target)
 {
-	uint32_t j = map_find(s, seq, target), p;
+	uint32_t p = map_find(s, seq, RT_TAG_PREFIX), j;
+	struct rt_active *pre = &s->map[p];
 
+	if (!pre->val) {
+		if (s->pairs >= s->map_limit)
+			return -ENOSPC;
+		*pre = (struct rt_active){.seq = seq, .tag = RT_TAG_PREFIX,
+					  .val = RT_VAL_SINGLE | 1u << RT_VAL_REFS_SHIFT | target};
+		s->map_live++;
+		s->pairs++;
+		return 1;
+	}
+	if (pre->val & RT_VAL_SINGLE) {
+		if ((pre->val & RT_VAL_TARGET) == target &&
+		    (pre->val >> RT_VAL_REFS_SHIFT & RT_VAL_REFS_MAX) < RT_VAL_REFS_MAX) {
+			pre->val += 1u << RT_VAL_REFS_SHIFT;
+			return 0;
+		}
+		if (prefix_share(s, p)) /* a second holder, or more references than fit */
+			return -ENOSPC;
+	}
+	j = map_find(s, seq, target);
 	if (s->map[j].val) {
 		s->map[j].val++;
 		return 0;
 	}
 	if (s->pairs >= s->map_limit)
 		return -ENOSPC;
-	p = map_find(s, seq, RT_TAG_PREFIX);
-	s->map[p].seq = seq;
-	s->map[p].tag = RT_TAG_PREFIX;
-	if (holders_add(s, &s->map[p], target))
-		return -ENOSPC;
-	if (p == j) /* j was the first free slot of both runs; p is not free any more */
-		j = map_find(s, seq, target);
 	s->map[j] = (struct rt_active){.seq = seq, .tag = target, .val = 1};
 	s->map_live++;
 	s->pairs++;
+	set_put(s, s->map[p].val - 1, target, true); /* p did not move: j was a free slot */
 	return 1;
 }
 
 /* Drop a reference on (@seq, @target): 1 when the block left the target, 0 otherwise. */
 static int map_unref(struct rt_share *s, uint64_t seq, uint32_t target)
 {
-	uint32_t j = map_find(s, seq, target);
+	uint32_t p = map_find(s, seq, RT_TAG_PREFIX), j, idx;
+	struct rt_active *pre = &s->map[p];
 
-	if (!s->map[j].val)
+	if (!pre->val)
 		return 0; /* never taken while the request's record and the table agree */
-	if (--s->map[j].val)
+	if (pre->val & RT_VAL_SINGLE) {
+		if ((pre->val & RT_VAL_TARGET) != target)
+			return 0;
+		if ((pre->val >> RT_VAL_REFS_SHIFT & RT_VAL_REFS_MAX) > 1) {
+			pre->val -= 1u << RT_VAL_REFS_SHIFT;
+			return 0;
+		}
+		map_delete(s, p);
+		s->pairs--;
+		return 1;
+	}
+	idx = pre->val - 1;
+	j = map_find(s, seq, target);
+	if (!s->map[j].val || --s->map[j].val)
 		return 0;
 	map_delete(s, j);
 	s->pairs--;
-	holders_del(s, map_find(s, seq, RT_TAG_PREFIX), target);
+	set_put(s, idx, target, false);
+	if (set_at(s, idx)[0] == 0) {
+		set_at(s, idx)[0] = s->set_free;
+		s->set_free = idx;
+		map_delete(s, map_find(s, seq, RT_TAG_PREFIX)); /* deleting j may have moved it */
+	}
 	return 1;
 }
 

@@ -99,8 +99,9 @@ struct rt_tload {
 
 /*
  * A slot of a core's dedup table, one of two kinds sharing the table (route_load.c):
- * a pair, @tag = target: @val requests on that target carry the prefix @seq in flight;
- * a prefix, @tag = RT_TAG_PREFIX: the targets holding @seq, one inline or a bitmap (@val - 1).
+ * a prefix, @tag = RT_TAG_PREFIX: the targets holding @seq, either one target inline with its
+ *   reference count, or a bitmap (@val - 1) with a pair slot per target;
+ * a pair, @tag = target: @val requests on that target carry the prefix @seq in flight.
  * @val 0: empty slot.
  */
 struct rt_active {
@@ -132,8 +133,8 @@ struct rt_share {
 	size_t map_bytes, sets_bytes;
 	uint32_t map_mask;
 	uint32_t map_live;  /* occupied slots */
-	uint32_t map_limit; /* pairs allowed: the table stays at most half full */
-	uint32_t pairs;
+	uint32_t map_limit; /* (prefix, target) pairs allowed: the table stays at most half full */
+	uint32_t pairs;	    /* in flight, inline or in a pair slot */
 	/* Holder sets: bitmaps of set_words words after a word counting the members. */
 	uint64_t *sets;
 	uint32_t set_words;

@@ -561,6 +561,34 @@ Test(route_load, many_requests_of_one_prompt_count_its_blocks_once)
 	t_route_close(&t);
 }
 
+/*
+ * A prefix held by one target counts its references inline, in 15 bits: the 32,768th request
+ * of one prompt on one target moves them to a slot of their own, and nothing is lost either
+ * way (A has 6 blocks).
+ */
+Test(route_load, references_past_the_inline_limit_keep_counting)
+{
+	enum { N = 33000 };
+	static rt_load_t h[N];
+	struct rt_config cfg;
+	struct t_route t;
+	uint16_t w;
+
+	t_route_config(&cfg);
+	cfg.max_requests = N;
+	t_open_agg(&t, &cfg, &w, 1);
+	for (int i = 0; i < N; i++)
+		h[i] = route_pin(&t, A, 100, w);
+	t_expect_load(&t, w, 6, (uint64_t)N * 100);
+	cr_assert_eq(t_core_stats(&t.core).blocks_untracked, 0);
+	release_all(&t.core, h, N - 1);
+	t_expect_load(&t, w, 6, 100);
+	release_all(&t.core, &h[N - 1], 1);
+	t_expect_load(&t, w, 0, 0);
+	cr_assert_eq(t.core.share.map_live, 0);
+	t_route_close(&t);
+}
+
 /* A router with two cores, t->core (0) and @core1, and two workers. */
 static void open_two_cores(struct t_route *t, struct rt_core *core1, uint16_t *w)
 {
