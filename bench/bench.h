@@ -44,6 +44,9 @@ int bench_route_main(int argc, char **argv);
  */
 int bench_parse_u32(const char *name, const char *s, uint32_t min, uint32_t max, uint32_t *out);
 
+/* bench_parse_u32() of a --block-size: a power of two in [1, DP_HASH_MAX_BLOCK]. */
+int bench_parse_block_size(const char *s, uint32_t *out);
+
 /**
  * bench_parse_seconds - parse a duration in seconds, above 0 and at most a day.
  *

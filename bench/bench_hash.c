@@ -51,12 +51,7 @@ static int parse(int argc, char **argv, struct hash_opts *o)
 			err = bench_parse_u32("tokens", optarg, 1, 1u << 26, &o->tokens);
 			break;
 		case 'b':
-			err = bench_parse_u32("block-size", optarg, 1, DP_HASH_MAX_BLOCK,
-					      &o->block_size);
-			if (!err && !dp_hash_block_size_ok(o->block_size)) {
-				fprintf(stderr, "pdbench hash: --block-size must be a power of two\n");
-				err = -1;
-			}
+			err = bench_parse_block_size(optarg, &o->block_size);
 			break;
 		case 's':
 			err = bench_parse_seconds("seconds", optarg, &o->seconds);

@@ -84,12 +84,7 @@ static int br_parse(int argc, char **argv, struct br_opts *o)
 					      &o->prompt_tokens);
 			break;
 		case 'b':
-			err = bench_parse_u32("block-size", optarg, 1, DP_HASH_MAX_BLOCK,
-					      &o->block_size);
-			if (!err && !dp_hash_block_size_ok(o->block_size)) {
-				fprintf(stderr, "pdbench route: --block-size must be a power of two\n");
-				err = -1;
-			}
+			err = bench_parse_block_size(optarg, &o->block_size);
 			break;
 		case 'd':
 			err = bench_parse_u32("decisions", optarg, 1, 1u << 26, &o->decisions);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "hash.h"
 
 struct bench_cmd {
 	const char *name;
@@ -50,6 +51,17 @@ int bench_parse_u32(const char *name, const char *s, uint32_t min, uint32_t max,
 		return -EINVAL;
 	}
 	*out = (uint32_t)v;
+	return 0;
+}
+
+int bench_parse_block_size(const char *s, uint32_t *out)
+{
+	if (bench_parse_u32("block-size", s, 1, DP_HASH_MAX_BLOCK, out))
+		return -EINVAL;
+	if (!dp_hash_block_size_ok(*out)) {
+		fprintf(stderr, "pdbench: --block-size wants a power of two, not %s\n", s);
+		return -EINVAL;
+	}
 	return 0;
 }
 
