@@ -38,6 +38,14 @@ int bench_index_main(int argc, char **argv);
 int bench_route_main(int argc, char **argv);
 
 /**
+ * bench_mailbox_main - `pdbench mailbox`: hand-off over a lane ring, threads and processes.
+ * @argc, @argv: the arguments from "mailbox" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (a side failed or saw a wrong record) or BENCH_USAGE.
+ */
+int bench_mailbox_main(int argc, char **argv);
+
+/**
  * bench_parse_u32 - parse a decimal integer in [@min, @max] for option @name.
  *
  * Returns 0, or -EINVAL after printing what is wrong to stderr.
