@@ -47,6 +47,7 @@ struct br_opts {
 struct br_result {
 	uint64_t p50_ns, p99_ns, p999_ns, max_ns;
 	double decisions_per_s, mean_overlap;
+	uint64_t blocks_untracked; /* must be 0: every block was deduplicated */
 };
 
 static uint64_t br_rand(uint64_t *s)
@@ -107,6 +108,12 @@ static int br_parse(int argc, char **argv, struct br_opts *o)
 	}
 	if (optind != argc) {
 		fprintf(stderr, "pdbench route: unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	if (o->prompt_tokens && (o->prompt_tokens < o->block_size ||
+				 o->prompt_tokens / o->block_size > PDX_MATCH_MAX_BLOCKS)) {
+		fprintf(stderr, "pdbench route: --prompt-tokens must hold 1 to %u blocks\n",
+			PDX_MATCH_MAX_BLOCKS);
 		return -1;
 	}
 	return 0;
@@ -196,7 +203,9 @@ static int br_setup(struct br_world *w)
 
 	rt_config_default(&cfg);
 	cfg.seed = w->o->seed;
-	cfg.max_prompt_blocks = w->blocks ? w->blocks : 1;
+	cfg.max_prompt_blocks = w->blocks;
+	/* Room to deduplicate every block in flight: the run measures the full path. */
+	cfg.max_active_blocks = BR_INFLIGHT * w->blocks > (1u << 18) ? BR_INFLIGHT * w->blocks : 0;
 	if ((rc = pdx_init(&w->x, &xc)))
 		return rc;
 	if ((rc = rt_router_init(&w->rt, &cfg, &w->x)))
@@ -276,6 +285,12 @@ static int br_run(const struct br_opts *o, uint32_t targets, uint32_t tokens, st
 		r->decisions_per_s = (double)o->decisions * 1e9 / (double)(sum ? sum : 1);
 		r->mean_overlap = (double)overlap / o->decisions;
 	}
+	if (!rc) {
+		struct rt_core_stats st;
+
+		rt_core_stats(&w.core, &st);
+		r->blocks_untracked = st.blocks_untracked;
+	}
 	br_teardown(&w);
 	free(lat);
 	return rc;
@@ -288,9 +303,11 @@ static void br_print(const struct br_opts *o, uint32_t targets, uint32_t tokens,
 		printf("{\"targets\":%" PRIu32 ",\"prompt_tokens\":%" PRIu32
 		       ",\"block_size\":%" PRIu32 ",\"decisions\":%" PRIu32 ",\"p50_ns\":%" PRIu64
 		       ",\"p99_ns\":%" PRIu64 ",\"p999_ns\":%" PRIu64 ",\"max_ns\":%" PRIu64
-		       ",\"decisions_per_s\":%.0f,\"mean_overlap_blocks\":%.1f}\n",
+		       ",\"decisions_per_s\":%.0f,\"mean_overlap_blocks\":%.1f"
+		       ",\"blocks_untracked\":%" PRIu64 "}\n",
 		       targets, tokens, o->block_size, o->decisions, r->p50_ns, r->p99_ns,
-		       r->p999_ns, r->max_ns, r->decisions_per_s, r->mean_overlap);
+		       r->p999_ns, r->max_ns, r->decisions_per_s, r->mean_overlap,
+		       r->blocks_untracked);
 	else
 		printf("%8" PRIu32 " %8" PRIu32 " %9.2f %9.2f %9.2f %12.0f %10.1f\n", targets,
 		       tokens, r->p50_ns / 1e3, r->p99_ns / 1e3, r->p999_ns / 1e3,

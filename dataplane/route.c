@@ -82,10 +82,7 @@ uint64_t rt_core_random(struct rt_core *c)
 
 void rt_core_add(struct rt_core *c, size_t stat, uint64_t v)
 {
-	/* Single writer: a relaxed load and store are an exact update; readers copy relaxed. */
-	atomic_store_explicit(&c->stat[stat],
-			      atomic_load_explicit(&c->stat[stat], memory_order_relaxed) + v,
-			      memory_order_relaxed);
+	rt_relaxed_add(&c->stat[stat], v, 0); /* this core is the counters' one writer */
 }
 
 void rt_core_stats(const struct rt_core *c, struct rt_core_stats *out)
@@ -164,6 +161,7 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	    .stage = stage,
 	    .md = md,
 	    .pin = stage == RT_STAGE_PREFILL ? rq->pin_prefill : rq->pin_target,
+	    .serve_pin = rq->pin_target,
 	    .prefill = prefill,
 	};
 
@@ -176,14 +174,14 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 		       (prefill && prefill->rule.enforcement != RT_TRANSFER_NONE) ||
 		       (stage == RT_STAGE_PREFILL && c->rt->required_rules);
 	memset(out, 0, sizeof(*out));
-	if (in.block_size && rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks)
-		return -E2BIG;
-	if (!in.block_size) { /* empty pools: explain the empty decision */
-		c->explain[stage] = (struct rt_explain){.stage = stage, .outcome = -ENODEV,
+	if (!in.block_size || rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks) {
+		int rc = in.block_size ? -E2BIG : -ENODEV; /* no pool, or a prompt too long */
+
+		c->explain[stage] = (struct rt_explain){.stage = stage, .outcome = rc,
 							.model = rq->model, .policy = in.pol,
 							.cand = c->cand[stage]};
 		rt_core_add(c, RT_STAT(decisions), 1);
-		return -ENODEV;
+		return rc;
 	}
 	return rt_stage_decide(c, rq, &in, out);
 }
@@ -204,21 +202,37 @@ static int finish(struct rt_core *c, const struct rt_request *rq, uint64_t rng, 
 	return rc;
 }
 
+/* Counters a peek leaves alone: they tell operators what happened to real requests. */
+static void count_unless_peek(struct rt_core *c, const struct rt_request *rq, size_t stat)
+{
+	if (!rq->peek)
+		rt_core_add(c, stat, 1);
+}
+
+/*
+ * A model whose decode targets cannot have a prefill stage now (@why: none, or none usable):
+ * decode-only, counted, or refused with @why under enforce_disagg.
+ */
+static int fallback(struct rt_core *c, const struct rt_request *rq, const struct rt_model *md,
+		    int why, struct rt_plan *plan)
+{
+	if (c->rt->cfg.enforce_disagg) {
+		count_unless_peek(c, rq, RT_STAT(enforce_refused));
+		return why;
+	}
+	count_unless_peek(c, rq, RT_STAT(fallback_no_prefill));
+	plan->kind = RT_PLAN_FALLBACK;
+	return stage_run(c, rq, md, RT_STAGE_FALLBACK, NULL, &plan->first);
+}
+
 static int route_disagg(struct rt_core *c, const struct rt_request *rq, const struct rt_model *md,
 			struct rt_plan *plan)
 {
 	const struct rt_target *p;
 	int rc = stage_run(c, rq, md, RT_STAGE_PREFILL, NULL, &plan->first);
 
-	if (rc == -ENODEV || rc == -EBUSY) {
-		if (c->rt->cfg.enforce_disagg) {
-			rt_core_add(c, RT_STAT(enforce_refused), 1);
-			return rc;
-		}
-		rt_core_add(c, RT_STAT(fallback_no_prefill), 1);
-		plan->kind = RT_PLAN_FALLBACK;
-		return stage_run(c, rq, md, RT_STAGE_FALLBACK, NULL, &plan->first);
-	}
+	if (rc == -ENODEV || rc == -EBUSY)
+		return fallback(c, rq, md, rc, plan);
 	if (rc || !c->rt->cfg.bootstrap)
 		return rc;
 	p = &c->rt->target[plan->first.target];
@@ -246,6 +260,8 @@ int rt_route(struct rt_core *c, const struct rt_request *rq, struct rt_plan *pla
 	if (rt_disagg_active(c->rt, rq->model)) {
 		plan->kind = RT_PLAN_DISAGG;
 		rc = route_disagg(c, rq, md, plan);
+	} else if (md->pool[RT_DECODE].n) { /* decode workers that need a prefill stage */
+		rc = fallback(c, rq, md, -ENODEV, plan);
 	} else {
 		plan->kind = RT_PLAN_AGGREGATED;
 		rc = stage_run(c, rq, md, RT_STAGE_AGGREGATED, NULL, &plan->first);
@@ -282,9 +298,9 @@ int rt_route_fallback(struct rt_core *c, const struct rt_request *rq, struct rt_
 	memset(out, 0, sizeof(*out));
 	if (rc)
 		return finish(c, rq, rng, rc);
-	rt_core_add(c, RT_STAT(fallback_prefill_failed), 1);
+	count_unless_peek(c, rq, RT_STAT(fallback_prefill_failed));
 	if (c->rt->cfg.enforce_disagg) {
-		rt_core_add(c, RT_STAT(enforce_refused), 1);
+		count_unless_peek(c, rq, RT_STAT(enforce_refused));
 		return finish(c, rq, rng, -EPERM);
 	}
 	rc = stage_run(c, rq, md, RT_STAGE_FALLBACK, NULL, out);

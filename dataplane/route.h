@@ -22,6 +22,8 @@
 #define RT_DOMAIN_VALUES 4096u	  /* distinct values over all domain names */
 #define RT_NAME_MAX 255u	  /* longest model or domain name / value, in bytes */
 #define RT_CORES_LIMIT 64u	  /* dataplane cores sharing one router */
+#define RT_ACTIVE_BLOCKS_LIMIT (1u << 26)
+#define RT_INFLIGHT_BLOCKS_LIMIT (1u << 28)
 
 enum rt_worker_type { RT_PREFILL, RT_DECODE, RT_AGGREGATED, RT_WORKER_TYPES };
 
@@ -56,17 +58,19 @@ struct rt_config {
 	struct rt_transfer transfer;	/* global rule; a worker may register its own */
 	double busy_kv_fraction;	/* busy when reported used KV / capacity > this; 0: off */
 	uint64_t busy_prefill_tokens;	/* busy when active prefill tokens > this; 0: off */
-	uint64_t expiry_ns;		/* in-flight requests this old are swept: 300 s */
+	uint64_t expiry_ns;		/* in-flight requests this old are swept; 0: 300 s */
 	bool enforce_disagg;		/* refuse instead of decode-only fallback */
 	bool bootstrap;			/* choose prefill and decode up front (SGLang style) */
-	uint32_t max_targets;		/* routing targets; 0: PDX_DEFAULT_TARGETS */
+	uint32_t max_targets;		/* routing targets; 0: as many as the index has */
 	uint32_t max_models;		/* 0: 64 */
 	uint32_t cores;			/* dataplane cores that will route; 0: 1 */
 	uint32_t max_requests;		/* in-flight requests per core; 0: 16384 */
-	uint32_t max_active_blocks;	/* distinct (block, target) pairs in flight per core;
-					 * 0: 1 << 18 */
+	uint32_t max_active_blocks;	/* distinct (block, target) pairs in flight per core,
+					 * at most RT_ACTIVE_BLOCKS_LIMIT; 64 bytes each (the
+					 * dedup table, on huge pages); 0: 1 << 18 */
 	uint32_t max_inflight_blocks;	/* blocks of all in-flight requests of a core, a
-					 * shared block once per request; 0: 4 x max_active */
+					 * shared block once per request; 8 bytes each;
+					 * 0: 4 x max_active_blocks */
 	uint32_t max_prompt_blocks;	/* longest prompt in blocks; 0: PDX_MATCH_MAX_BLOCKS */
 	uint64_t seed;			/* random source of core i: seed + i; 0 is a seed too */
 };
@@ -280,11 +284,13 @@ bool rt_disagg_active(const struct rt_router *rt, uint32_t model);
  *
  * Attaches a reader to the prefix index and allocates everything the core will need.
  * Returns 0, -EINVAL (bad or taken @index), -EBUSY (no index reader left) or -ENOMEM.
- * Context: any thread; the core then belongs to one thread.
+ * Context: any thread, before any core of @rt routes: every core reads every other core's
+ * load counters, so all of them are set up first. The core then belongs to one thread.
  */
 int rt_core_init(struct rt_core *core, struct rt_router *rt, uint32_t index);
 
-/* Detach from the index and free what the core holds; its in-flight load goes with it. */
+/* Detach from the index and free what the core holds; its in-flight load goes with it.
+ * Context: once no core of the router routes any more. */
 void rt_core_destroy(struct rt_core *core);
 
 /**

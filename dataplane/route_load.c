@@ -81,18 +81,12 @@ static inline uint64_t holders_word(const struct rt_share *s, const struct rt_ac
 	return set_at(s, p->val - 1)[1 + k];
 }
 
-/* Single writer: a relaxed load and store make an exact update; readers take any recent value. */
-static inline void tl_add(_Atomic uint64_t *v, uint64_t add, uint64_t sub)
-{
-	atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + add - sub,
-			      memory_order_relaxed);
-}
 
 int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core)
 {
 	/* Each request may leave one chunk partly empty. */
 	uint32_t nchunks = cfg->max_inflight_blocks / RT_CHUNK_SEQS + cfg->max_requests;
-	uint32_t cap = 2, nsets;
+	uint32_t cap = 2, nsets; /* cap < 2^29 slots: max_active_blocks <= RT_ACTIVE_BLOCKS_LIMIT */
 
 	memset(s, 0, sizeof(*s));
 	s->core = core;
@@ -418,8 +412,8 @@ int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *o
 	fresh = a->seq ? add_mapped(s, slot, a->seq, a->blocks) : 0;
 	r->nprivate = a->blocks - r->nmapped;
 	*untracked = a->seq ? r->nprivate : 0;
-	tl_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
-	tl_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
+	rt_relaxed_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
+	rt_relaxed_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
 	fifo_append(s, slot);
 	*out = handle_of(s, slot);
 	return 0;
@@ -434,7 +428,7 @@ int rt_share_first_token(struct rt_share *s, uint32_t max_requests, rt_load_t h)
 		return -ESTALE;
 	r = &s->req[slot];
 	if (r->prefill_pending) {
-		tl_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
+		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
 		r->prefill_pending = false;
 	}
 	return 0;
@@ -457,9 +451,9 @@ static void release_slot(struct rt_share *s, uint32_t slot)
 		s->chunk_free = c;
 		c = next;
 	}
-	tl_add(&s->tl[r->target].blocks, 0, gone);
+	rt_relaxed_add(&s->tl[r->target].blocks, 0, gone);
 	if (r->prefill_pending)
-		tl_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
+		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
 	fifo_unlink(s, slot);
 	r->live = false;
 	r->gen++;

@@ -187,6 +187,7 @@ struct rt_stage_in {
 	uint32_t block_size;
 	double inv_block_size;
 	int32_t pin;
+	int32_t serve_pin;		 /* prefill stage: the request's decode pin */
 	const struct rt_target *prefill; /* decode stage: whose transfer rule applies; or NULL */
 	bool filtering;			 /* some filter may exclude a target */
 };
@@ -200,20 +201,37 @@ struct rt_share_load {
 	uint16_t target;
 };
 
-/* Predicted load of @target summed over the cores (rt_target_load()), inlined for scoring. */
-static inline void rt_load_sum(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
-			       uint64_t *prefill_tokens)
+/* Single writer: a relaxed load and store make an exact update; readers take any recent value. */
+static inline void rt_relaxed_add(_Atomic uint64_t *v, uint64_t add, uint64_t sub)
+{
+	atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + add - sub,
+			      memory_order_relaxed);
+}
+
+/* Every core's per-target counters, gathered once for a decision or a scan of the targets. */
+struct rt_shares {
+	uint32_t n;
+	const struct rt_tload *tl[RT_CORES_LIMIT];
+};
+
+static inline void rt_shares_get(const struct rt_router *rt, struct rt_shares *sh)
+{
+	sh->n = 0;
+	for (uint32_t k = 0; k < rt->cfg.cores; k++)
+		if (rt->share[k])
+			sh->tl[sh->n++] = rt->share[k]->tl;
+}
+
+/* Predicted load of @target summed over the cores. */
+static inline void rt_shares_sum(const struct rt_shares *sh, uint16_t target, uint64_t *blocks,
+				 uint64_t *prefill_tokens)
 {
 	uint64_t b = 0, p = 0;
 
-	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
-		const struct rt_share *s = rt->share[k];
-
-		if (!s)
-			continue;
+	for (uint32_t k = 0; k < sh->n; k++) {
 		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
-		b += atomic_load_explicit(&s->tl[target].blocks, memory_order_relaxed);
-		p += atomic_load_explicit(&s->tl[target].prefill_tokens, memory_order_relaxed);
+		b += atomic_load_explicit(&sh->tl[k][target].blocks, memory_order_relaxed);
+		p += atomic_load_explicit(&sh->tl[k][target].prefill_tokens, memory_order_relaxed);
 	}
 	*blocks = b;
 	*prefill_tokens = p;

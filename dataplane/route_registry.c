@@ -97,13 +97,9 @@ static int domain_value_intern(struct rt_router *rt, int key, const char *value)
 	return (int)++rt->ndomain_values;
 }
 
-/* Turn a configured transfer rule into ids; @t->domain NULL gives "no rule". */
-static int rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struct rt_rule *out,
-			char *err, size_t errlen)
+/* Is a transfer rule well formed? Changes nothing; @t->domain NULL is "no rule". */
+static int transfer_check(const struct rt_transfer *t, char *err, size_t errlen)
 {
-	int key;
-
-	*out = (struct rt_rule){.key = -1, .enforcement = RT_TRANSFER_NONE, .discount = 1.0};
 	if (!t->domain)
 		return 0;
 	if (!name_ok(t->domain))
@@ -114,6 +110,18 @@ static int rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struc
 	if (!(t->preferred_weight >= 0.0 && t->preferred_weight <= 1.0))
 		return refuse(err, errlen, -EINVAL, "preferred weight %g not in [0, 1]",
 			      t->preferred_weight);
+	return 0;
+}
+
+/* Turn a transfer rule into ids, interning its domain name; @t->domain NULL: no rule. */
+static int rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struct rt_rule *out,
+			char *err, size_t errlen)
+{
+	int key, rc = transfer_check(t, err, errlen);
+
+	*out = (struct rt_rule){.key = -1, .enforcement = RT_TRANSFER_NONE, .discount = 1.0};
+	if (rc || !t->domain)
+		return rc;
 	key = domain_key_intern(rt, t->domain);
 	if (key < 0)
 		return refuse(err, errlen, key, "more than %u topology domain names", RT_DOMAIN_KEYS);
@@ -137,14 +145,17 @@ static int config_check(struct rt_config *cfg, const struct pdx *index)
 	if (!cfg->max_active_blocks)
 		cfg->max_active_blocks = RT_DEFAULT_ACTIVE_BLOCKS;
 	if (!cfg->max_inflight_blocks)
-		cfg->max_inflight_blocks =
-		    cfg->max_active_blocks < (1u << 28) ? 4 * cfg->max_active_blocks : 1u << 30;
+		cfg->max_inflight_blocks = 4 * cfg->max_active_blocks < RT_INFLIGHT_BLOCKS_LIMIT
+						   ? 4 * cfg->max_active_blocks
+						   : RT_INFLIGHT_BLOCKS_LIMIT;
+	if (!cfg->expiry_ns)
+		cfg->expiry_ns = RT_DEFAULT_EXPIRY_NS;
 	if (!cfg->max_prompt_blocks)
 		cfg->max_prompt_blocks = PDX_MATCH_MAX_BLOCKS;
 	if (cfg->max_targets > index->max_targets || cfg->cores > RT_CORES_LIMIT ||
 	    cfg->max_prompt_blocks > PDX_MATCH_MAX_BLOCKS || cfg->max_models > UINT16_MAX ||
-	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > (1u << 30) ||
-	    cfg->max_inflight_blocks > (1u << 30))
+	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > RT_ACTIVE_BLOCKS_LIMIT ||
+	    cfg->max_inflight_blocks > RT_INFLIGHT_BLOCKS_LIMIT)
 		return -EINVAL;
 	if (!(cfg->busy_kv_fraction >= 0.0) || !rt_policy_ok(&cfg->policy))
 		return -EINVAL;
@@ -323,6 +334,8 @@ static int spec_check(const struct rt_router *rt, const struct rt_worker_spec *s
 			      s->dp_ranks);
 	if (s->ndomains > RT_DOMAIN_KEYS || (s->ndomains && !s->domains))
 		return refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
+	if ((rc = transfer_check(&s->transfer, err, errlen)))
+		return rc;
 	for (size_t i = 0; i < s->ndomains; i++) {
 		if (!name_ok(s->domains[i].name) || !name_ok(s->domains[i].value))
 			return refuse(err, errlen, -EINVAL,
@@ -362,11 +375,20 @@ static int pool_check(const struct rt_router *rt, int model, const struct rt_wor
 static int targets_reserve(struct rt_router *rt, uint32_t n, uint16_t *ids)
 {
 	uint32_t max = rt->cfg.max_targets, got = 0;
+	struct rt_shares shares;
 
+	rt_shares_get(rt, &shares);
 	for (uint32_t i = 0; i < max && got < n; i++) {
 		uint32_t t = (rt->target_cursor + i) % max;
 
-		if (rt->target[t].state == RT_TARGET_FREE)
+		uint64_t blocks, prefill_tokens;
+
+		if (rt->target[t].state != RT_TARGET_FREE)
+			continue;
+		/* An id whose last worker left with requests in flight keeps their load until
+		 * they end or are swept: a new worker must not inherit it. */
+		rt_shares_sum(&shares, (uint16_t)t, &blocks, &prefill_tokens);
+		if (!blocks && !prefill_tokens)
 			ids[got++] = (uint16_t)t;
 	}
 	if (got < n)
@@ -398,64 +420,139 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 	tg->block_size = s->block_size;
 	tg->kv_capacity_blocks = s->kv_capacity_blocks;
 	tg->rule = *rule;
+	/* Relaxed: the target is not in a pool yet, so no core reads it. */
 	atomic_store_explicit(&tg->reported_used_blocks, 0, memory_order_relaxed);
 	atomic_store_explicit(&tg->reported_prefill_tokens, 0, memory_order_relaxed);
+	return 0;
+}
+
+/* Does @s name domain @name among its topology domains? */
+static bool spec_has_domain(const struct rt_worker_spec *s, const char *name)
+{
+	for (size_t i = 0; i < s->ndomains; i++)
+		if (strcmp(s->domains[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A required transfer rule needs the domain it names: a prefill worker without a value under
+ * its rule, or a serving worker without one under the router's, could never take a request.
+ */
+static int required_domain_check(const struct rt_router *rt, const struct rt_worker_spec *s,
+				 char *err, size_t errlen)
+{
+	const char *need = NULL;
+
+	if (s->type == RT_PREFILL && s->transfer.domain)
+		need = s->transfer.enforcement == RT_TRANSFER_REQUIRED ? s->transfer.domain : NULL;
+	else if (rt->rule.enforcement == RT_TRANSFER_REQUIRED)
+		need = rt->domain_key[rt->rule.key];
+	if (need && !spec_has_domain(s, need))
+		return refuse(err, errlen, -EINVAL,
+			      "transfer domain '%s' is required, but the worker gives no value for "
+			      "it", need);
+	return 0;
+}
+
+/* Every check of a registration that changes nothing; sets *model (-ENOENT: a new one). */
+static int register_check(const struct rt_router *rt, uint32_t worker,
+			  const struct rt_worker_spec *spec, int *model, char *err, size_t errlen)
+{
+	int rc;
+
+	if (!spec)
+		return refuse(err, errlen, -EINVAL, "no registration");
+	if (worker_find(rt, worker))
+		return refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
+	rc = spec_check(rt, spec, err, errlen);
+	if (!rc)
+		rc = required_domain_check(rt, spec, err, errlen);
+	if (rc)
+		return rc;
+	*model = rt_model_find(rt, spec->model, strlen(spec->model));
+	return *model >= 0 ? pool_check(rt, *model, spec, err, errlen) : 0;
+}
+
+/* What a failed registration may have added: undone so that nothing changed. */
+struct register_undo {
+	uint32_t keys, values, nworkers, cursor;
+};
+
+static void register_rollback(struct rt_router *rt, const struct register_undo *u)
+{
+	while (rt->ndomain_keys > u->keys)
+		free(rt->domain_key[--rt->ndomain_keys]);
+	while (rt->ndomain_values > u->values)
+		free(rt->domain_value[--rt->ndomain_values]);
+	rt->nworkers = u->nworkers;
+	rt->target_cursor = u->cursor;
+}
+
+/* The steps that allocate or intern; on failure the caller rolls back. */
+static int register_build(struct rt_router *rt, uint32_t worker,
+			  const struct rt_worker_spec *spec, uint16_t *ids, struct rt_worker **w,
+			  int *model, char *err, size_t errlen)
+{
+	struct rt_rule rule = rt->rule;
+	int rc = 0;
+
+	if (spec->transfer.domain)
+		rc = rule_resolve(rt, &spec->transfer, &rule, err, errlen);
+	if (rc)
+		return rc;
+	*w = worker_slot(rt);
+	rc = *w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
+	if (rc)
+		return refuse(err, errlen, rc, "no routing target left (max_targets %u)",
+			      rt->cfg.max_targets);
+	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
+		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, spec, &rule);
+	if (rc)
+		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+					       : "more than %u topology domain names or %u values",
+			      RT_DOMAIN_KEYS, RT_DOMAIN_VALUES - 1);
+	if (*model < 0 && (*model = rc = model_intern(rt, spec->model)) < 0)
+		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+					       : "no room for another model (max_models %u)",
+			      rt->cfg.max_models);
 	return 0;
 }
 
 int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_spec *spec,
 		char *err, size_t errlen)
 {
-	struct rt_rule rule = rt->rule;
-	struct rt_worker *w;
+	struct register_undo undo = {rt->ndomain_keys, rt->ndomain_values, rt->nworkers,
+				     rt->target_cursor};
+	struct rt_worker *w = NULL;
 	struct rt_pool *pool;
 	uint16_t *ids;
-	int rc, model;
+	int rc, model = -ENOENT;
 
 	if (err && errlen)
 		err[0] = '\0';
-	if (!spec)
-		return refuse(err, errlen, -EINVAL, "no registration");
-	if (worker_find(rt, worker))
-		return refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
-	rc = spec_check(rt, spec, err, errlen);
-	if (rc)
-		return rc;
-	if (spec->transfer.domain) {
-		rc = rule_resolve(rt, &spec->transfer, &rule, err, errlen);
-		if (rc)
-			return rc;
-	}
-	/* Check everything that can fail before anything a caller could see changes. */
-	model = rt_model_find(rt, spec->model, strlen(spec->model));
-	rc = model >= 0 ? pool_check(rt, model, spec, err, errlen) : 0;
+	rc = register_check(rt, worker, spec, &model, err, errlen);
 	if (rc)
 		return rc;
 	ids = calloc(spec->dp_ranks, sizeof(*ids));
 	if (!ids)
 		return refuse(err, errlen, -ENOMEM, "out of memory");
-	w = worker_slot(rt);
-	rc = w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
-	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
-		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, spec, &rule);
-	if (rc == 0 && model < 0)
-		model = rc = model_intern(rt, spec->model);
-	if (rc < 0) {
+	rc = register_build(rt, worker, spec, ids, &w, &model, err, errlen);
+	if (rc) {
+		register_rollback(rt, &undo);
 		free(ids);
-		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
-					       : "no routing target, model or topology value left");
+		return rc;
 	}
-	for (uint32_t i = 0; i < spec->dp_ranks; i++)
-		rt->target[ids[i]].model = (uint16_t)model;
 	*w = (struct rt_worker){.id = worker, .live = true, .ntargets = (uint16_t)spec->dp_ranks,
 				.targets = ids};
 	pool = &rt->model[model].pool[spec->type];
 	pool->block_size = spec->block_size;
 	for (uint32_t i = 0; i < spec->dp_ranks; i++) {
+		rt->target[ids[i]].model = (uint16_t)model;
 		rt->target[ids[i]].state = RT_TARGET_LIVE;
 		pool->targets[pool->n++] = ids[i];
 	}
-	if (rule.enforcement == RT_TRANSFER_REQUIRED)
+	if (rt->target[ids[0]].rule.enforcement == RT_TRANSFER_REQUIRED)
 		rt->required_rules += spec->dp_ranks;
 	return 0;
 }

@@ -15,7 +15,13 @@
 void rt_target_load(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
 		    uint64_t *prefill_tokens)
 {
-	rt_load_sum(rt, target, blocks, prefill_tokens);
+	struct rt_shares sh;
+
+	*blocks = *prefill_tokens = 0;
+	if (target >= rt->cfg.max_targets)
+		return;
+	rt_shares_get(rt, &sh);
+	rt_shares_sum(&sh, target, blocks, prefill_tokens);
 }
 
 /* Local hashes of the prompt at @bs, computed once per request and block size. */
@@ -80,18 +86,30 @@ static void scatter_clear(struct rt_core *c, size_t nmatch)
 	c->ntouched = 0;
 }
 
-/* Does @t's transfer domain (under @rule) hold a decode or aggregated target of the model? */
-static bool domain_has_decode(struct rt_core *c, const struct rt_model *md,
+/*
+ * Does @t's transfer domain (under its own rule) hold a decode or aggregated target of the
+ * model that the request may use (the pinned one, when it pins one)?
+ */
+static bool domain_has_decode(struct rt_core *c, const struct rt_stage_in *in,
 			      const struct rt_target *t)
 {
 	uint64_t *bits = &c->has_decode[(size_t)t->rule.key * (RT_DOMAIN_VALUES / 64)];
 	uint16_t v = t->domain[t->rule.key];
+	const struct rt_target *pinned;
 
+	if (in->serve_pin != RT_NO_PIN) {
+		if ((uint32_t)in->serve_pin >= c->rt->cfg.max_targets)
+			return false;
+		pinned = &c->rt->target[in->serve_pin];
+		return v && pinned->state == RT_TARGET_LIVE && pinned->model == t->model &&
+		       pinned->type != RT_PREFILL && pinned->domain[t->rule.key] == v;
+	}
 	if (!(c->has_decode_keys & 1u << t->rule.key)) {
 		memset(bits, 0, RT_DOMAIN_VALUES / 8);
 		for (int p = RT_DECODE; p <= RT_AGGREGATED; p++) {
-			for (uint32_t i = 0; i < md->pool[p].n; i++) {
-				uint16_t dv = c->rt->target[md->pool[p].targets[i]].domain[t->rule.key];
+			for (uint32_t i = 0; i < in->md->pool[p].n; i++) {
+				uint16_t dv =
+				    c->rt->target[in->md->pool[p].targets[i]].domain[t->rule.key];
 
 				bits[dv / 64] |= 1ull << (dv % 64);
 			}
@@ -120,7 +138,7 @@ static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, ui
 			return RT_FILTER_TOPOLOGY;
 	}
 	if (in->stage == RT_STAGE_PREFILL && tg->rule.enforcement == RT_TRANSFER_REQUIRED &&
-	    !domain_has_decode(c, in->md, tg))
+	    !domain_has_decode(c, in, tg))
 		return RT_FILTER_NO_DECODE;
 	/* Relaxed: see struct rt_target. */
 	if (rt->cfg.busy_kv_fraction > 0.0 &&
@@ -145,8 +163,7 @@ struct scoring {
 	uint64_t isl;
 	uint32_t blocks; /* prompt blocks at the stage's block size */
 	bool reuse, track_prefill, track_active, filtering;
-	uint32_t nshares;
-	const struct rt_tload *tl[RT_CORES_LIMIT]; /* each core's counters */
+	struct rt_shares shares;
 };
 
 static void scoring_init(const struct rt_core *c, const struct rt_request *rq,
@@ -161,27 +178,19 @@ static void scoring_init(const struct rt_core *c, const struct rt_request *rq,
 	sc->track_prefill = in->pol.track_prefill_tokens;
 	sc->track_active = in->pol.track_active_blocks;
 	sc->filtering = in->filtering;
-	sc->nshares = 0;
-	for (uint32_t k = 0; k < c->rt->cfg.cores; k++)
-		if (c->rt->share[k])
-			sc->tl[sc->nshares++] = c->rt->share[k]->tl;
+	rt_shares_get(c->rt, &sc->shares);
 }
 
 /* Fill the candidate for target @t: filter verdict and, when eligible, its cost. */
 static inline void score(struct rt_core *c, const struct rt_stage_in *in,
 			 const struct scoring *sc, uint16_t t, struct rt_candidate *cand)
 {
-	uint64_t blocks = 0, prefill_tokens = 0;
+	uint64_t blocks, prefill_tokens;
 	uint32_t fresh = sc->reuse ? sc->blocks - c->already[t] : sc->blocks;
 	double prefill_blocks = 0.0, decode_blocks = 0.0, adjusted, cost;
 	uint32_t overlap = c->overlap[t];
 
-	for (uint32_t k = 0; k < sc->nshares; k++) {
-		/* Relaxed: each counter has one writer, and a cost may use a slightly old value. */
-		blocks += atomic_load_explicit(&sc->tl[k][t].blocks, memory_order_relaxed);
-		prefill_tokens +=
-		    atomic_load_explicit(&sc->tl[k][t].prefill_tokens, memory_order_relaxed);
-	}
+	rt_shares_sum(&sc->shares, t, &blocks, &prefill_tokens);
 	cand->target = t;
 	cand->filter = RT_ELIGIBLE;
 	cand->same_domain = 0;

@@ -295,7 +295,7 @@ Test(route_disagg, required_rack_keeps_decode_in_the_prefill_rack_even_when_load
 	p = t_ctx_add_in(&x, 1, RT_PREFILL, t_rack1);
 	d1 = t_ctx_add_in(&x, 2, RT_DECODE, t_rack1);
 	d2 = t_ctx_add_in(&x, 3, RT_DECODE, t_rack2);
-	d3 = t_ctx_add(&x, 4, RT_DECODE);
+	d3 = t_ctx_add_in(&x, 4, RT_DECODE, t_rack3);
 	load_decode(&x, p, d1, 6);
 	for (uint32_t i = 0; i < 3; i++) {
 		t_ctx_prompt(&x, i);
@@ -427,23 +427,114 @@ Test(route_disagg, per_worker_transfer_rule_overrides_the_global_one)
 	t_route_close(&x.t);
 }
 
-Test(route_disagg, prefill_without_the_required_domain_value_is_not_used)
+Test(route_disagg, workers_without_the_required_domain_value_are_refused)
 {
+	struct rt_worker_spec s;
 	struct t_ctx x;
-	uint16_t bare, p, d;
+	char err[256];
 
 	t_ctx_open(&x, NULL, RT_TRANSFER_REQUIRED, 0.0);
-	bare = t_ctx_add(&x, 1, RT_PREFILL);
-	d = t_ctx_add_in(&x, 2, RT_DECODE, t_rack1);
+	s = t_spec("m", RT_PREFILL, BS); /* no rack: it could never hand its KV to a decode */
+	cr_assert_eq(rt_register(&x.t.rt, 1, &s, err, sizeof(err)), -EINVAL);
+	cr_assert_not_null(strstr(err, "transfer domain 'rack' is required"), "%s", err);
+	s = t_spec("m", RT_DECODE, BS); /* no rack: no prefill target's rack could match */
+	cr_assert_eq(rt_register(&x.t.rt, 2, &s, err, sizeof(err)), -EINVAL);
+	cr_assert_not_null(strstr(err, "'rack'"), "%s", err);
+	/* A prefill worker with its own rule on another domain needs that one instead. */
+	s = t_spec_in(RT_PREFILL, t_rack1, 1);
+	s.transfer = (struct rt_transfer){"zone", RT_TRANSFER_REQUIRED, 0.0};
+	cr_assert_eq(rt_register(&x.t.rt, 3, &s, err, sizeof(err)), -EINVAL);
+	cr_assert_not_null(strstr(err, "'zone'"), "%s", err);
+	t_ctx_add_in(&x, 4, RT_PREFILL, t_rack1);
+	t_ctx_add_in(&x, 5, RT_DECODE, t_rack1);
 	t_ctx_prompt(&x, 1);
-	cr_assert_eq(t_ctx_route(&x), -EXDEV);
-	cr_assert_eq(t_ctx_cand(&x, RT_STAGE_PREFILL, bare)->filter, RT_FILTER_NO_DECODE);
-	cr_assert_eq(t_ctx_decode(&x, bare), -EXDEV);
-	cr_assert_eq(t_ctx_cand(&x, RT_STAGE_DECODE, d)->filter, RT_FILTER_TOPOLOGY);
-	t_expect_load(&x.t, bare, 0, 0);
+	cr_assert_eq(t_ctx_route(&x), 0);
+	t_route_close(&x.t);
+}
+
+/* Decode workers need a prefill stage: without one they serve decode-only, or not at all. */
+Test(route_disagg, decode_workers_without_prefill_fall_back_or_are_refused)
+{
+	struct rt_config cfg;
+	struct t_ctx x;
+	uint16_t d;
+
+	t_ctx_open(&x, NULL, RT_TRANSFER_NONE, 0);
+	d = t_ctx_add(&x, 1, RT_DECODE);
+	t_ctx_prompt(&x, 1);
+	cr_assert_eq(t_ctx_route(&x), 0);
+	cr_assert_eq(x.plan.kind, RT_PLAN_FALLBACK);
+	cr_assert_eq(x.plan.first.target, d);
+	cr_assert_eq(t_core_stats(&x.t.core).fallback_no_prefill, 1);
+	t_route_close(&x.t);
+
+	t_route_config(&cfg);
+	cfg.enforce_disagg = true;
+	t_ctx_open(&x, &cfg, RT_TRANSFER_NONE, 0);
+	d = t_ctx_add(&x, 1, RT_DECODE);
+	t_ctx_prompt(&x, 1);
+	cr_assert_eq(t_ctx_route(&x), -ENODEV);
+	cr_assert_eq(t_core_stats(&x.t.core).enforce_refused, 1);
 	t_expect_load(&x.t, d, 0, 0);
-	p = t_ctx_add_in(&x, 3, RT_PREFILL, t_rack1);
+	t_route_close(&x.t);
+}
+
+/* A request pinned to a decode target outside every prefill rack fails before prefill. */
+Test(route_disagg, pinned_decode_outside_the_required_rack_fails_before_prefill)
+{
+	struct t_ctx x;
+	uint16_t p, d1, d2;
+
+	t_ctx_open(&x, NULL, RT_TRANSFER_REQUIRED, 0.0);
+	p = t_ctx_add_in(&x, 1, RT_PREFILL, t_rack1);
+	d1 = t_ctx_add_in(&x, 2, RT_DECODE, t_rack1);
+	d2 = t_ctx_add_in(&x, 3, RT_DECODE, t_rack2);
+	t_ctx_prompt(&x, 1);
+	x.rq.pin_target = d2;
+	cr_assert_eq(t_ctx_route(&x), -EXDEV);
+	cr_assert_eq(t_ctx_cand(&x, RT_STAGE_PREFILL, p)->filter, RT_FILTER_NO_DECODE);
+	t_expect_load(&x.t, p, 0, 0);
+	x.rq.pin_target = d1;
 	cr_assert_eq(t_ctx_route(&x), 0);
 	cr_assert_eq(x.plan.first.target, p);
+	t_route_close(&x.t);
+}
+
+/* A peek never moves the counters operators watch for fallbacks and refusals. */
+Test(route_disagg, peeks_count_no_fallback_or_refusal)
+{
+	struct rt_core_stats st;
+	struct t_ctx x;
+
+	t_ctx_open(&x, NULL, RT_TRANSFER_NONE, 0);
+	t_ctx_add(&x, 1, RT_DECODE);
+	t_ctx_prompt(&x, 1);
+	x.rq.peek = true;
+	cr_assert_eq(t_ctx_route(&x), 0);
+	cr_assert_eq(x.plan.kind, RT_PLAN_FALLBACK);
+	cr_assert_eq(rt_route_fallback(&x.t.core, &x.rq, &x.c), 0);
+	st = t_core_stats(&x.t.core);
+	cr_assert_eq(st.fallback_no_prefill + st.fallback_prefill_failed + st.enforce_refused, 0);
+	cr_assert_eq(st.peeks, 2);
+	t_route_close(&x.t);
+}
+
+/* A prompt too long for a stage is explained, not left to the previous decision's text. */
+Test(route_disagg, prompt_too_long_is_explained)
+{
+	struct rt_config cfg;
+	struct t_ctx x;
+
+	t_route_config(&cfg);
+	cfg.max_prompt_blocks = T_CTX_TOKENS / T_BS - 1;
+	t_ctx_open(&x, &cfg, RT_TRANSFER_NONE, 0);
+	t_ctx_add(&x, 1, RT_AGGREGATED);
+	t_ctx_prompt(&x, 1);
+	x.rq.ntokens = (T_CTX_TOKENS / T_BS - 1) * T_BS;
+	cr_assert_eq(t_ctx_route(&x), 0);
+	x.rq.ntokens = T_CTX_TOKENS;
+	cr_assert_eq(t_ctx_route(&x), -E2BIG);
+	cr_assert_eq(t_ctx_explain(&x, RT_STAGE_AGGREGATED)->outcome, -E2BIG);
+	cr_assert_eq(t_ctx_explain(&x, RT_STAGE_AGGREGATED)->ncand, 0);
 	t_route_close(&x.t);
 }

@@ -96,9 +96,9 @@ Test(route_fault, steady_state_routing_allocates_nothing)
  * Returns 0 or the -ENOMEM of the step that failed, after tearing down what was set up. */
 static int setup_with_fault(unsigned long fail_at)
 {
-	static const struct rt_domain zone = {"zone", "z1"};
+	static const struct rt_domain where[] = {{"zone", "z1"}, {"rack", "r1"}};
 	struct pdx_config xc = {.max_targets = 16, .max_readers = 2};
-	struct rt_worker_spec s = t_spec("m", RT_PREFILL, 16);
+	struct rt_worker_spec s;
 	struct rt_config cfg;
 	struct pdx x;
 	struct rt_router rt;
@@ -108,8 +108,6 @@ static int setup_with_fault(unsigned long fail_at)
 	t_route_config(&cfg);
 	cfg.max_targets = 16;
 	cfg.transfer = (struct rt_transfer){"rack", RT_TRANSFER_REQUIRED, 0};
-	s.domains = &zone;
-	s.ndomains = 1;
 	t_fault_reset(fail_at);
 	t_fault_count(true);
 	rc = pdx_init(&x, &xc);
@@ -119,7 +117,9 @@ static int setup_with_fault(unsigned long fail_at)
 	if (rc)
 		goto out_index;
 	for (uint32_t w = 1; w <= 4 && rc == 0; w++) {
-		s = w == 1 ? s : t_spec("m", w % 2 ? RT_AGGREGATED : RT_DECODE, 16);
+		s = t_spec("m", w == 1 ? RT_PREFILL : w % 2 ? RT_AGGREGATED : RT_DECODE, 16);
+		s.domains = where; /* the rack is required, the zone is one more name to intern */
+		s.ndomains = 2;
 		rc = rt_register(&rt, w, &s, NULL, 0);
 	}
 	if (rc == 0 && (rc = rt_core_init(&core, &rt, 0)) == 0)

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "helpers.h"
@@ -219,7 +220,7 @@ Test(route_pools, refused_registration_leaves_routing_as_it_was)
 	cr_assert_not(disagg(&x), "a refused prefill worker activated the prefill stage");
 	t_ctx_prompt(&x, 1);
 	cr_assert_eq(t_ctx_route(&x), 0);
-	cr_assert_eq(x.plan.kind, RT_PLAN_AGGREGATED);
+	cr_assert_eq(x.plan.kind, RT_PLAN_FALLBACK, "a decode worker alone serves decode-only");
 	cr_assert_eq(x.plan.first.target, d);
 	/* The same worker id, now valid, registers and activates the prefill stage. */
 	p = t_ctx_add(&x, 2, RT_PREFILL);
@@ -342,7 +343,7 @@ Test(route_pools, emptied_pool_accepts_a_new_block_size)
 	t_ctx_prompt(&x, 1);
 	cr_assert_eq(t_ctx_route(&x), 0);
 	cr_assert_eq(x.plan.first.target, d);
-	cr_assert_eq(t_ctx_explain(&x, RT_STAGE_AGGREGATED)->blocks, NTOK / 32);
+	cr_assert_eq(t_ctx_explain(&x, RT_STAGE_FALLBACK)->blocks, NTOK / 32);
 	t_expect_load(&x.t, d, NTOK / 32, NTOK);
 	t_route_close(&x.t);
 }
@@ -359,9 +360,10 @@ static void activates_with_second(enum rt_worker_type first, enum rt_worker_type
 	a = t_ctx_add(&x, 1, first);
 	cr_assert_not(disagg(&x));
 	t_ctx_prompt(&x, 1);
-	if (first != RT_PREFILL) {
+	if (first != RT_PREFILL) { /* decode workers alone: decode-only, counted */
 		cr_assert_eq(t_ctx_route(&x), 0);
-		cr_assert_eq(x.plan.kind, RT_PLAN_AGGREGATED);
+		cr_assert_eq(x.plan.kind,
+			     first == RT_DECODE ? RT_PLAN_FALLBACK : RT_PLAN_AGGREGATED);
 		cr_assert_eq(x.plan.first.target, a);
 	}
 	b = t_ctx_add(&x, 2, second);
@@ -421,8 +423,9 @@ Test(route_pools, prefill_stage_deactivates_when_the_last_prefill_worker_leaves)
 	cr_assert_eq(rt_unregister(&x.t.rt, 2), 0);
 	cr_assert_not(disagg(&x));
 	cr_assert_eq(t_ctx_route(&x), 0);
-	cr_assert_eq(x.plan.kind, RT_PLAN_AGGREGATED);
+	cr_assert_eq(x.plan.kind, RT_PLAN_FALLBACK, "decode-only once the prefill stage is gone");
 	cr_assert_eq(x.plan.first.target, d);
+	cr_assert_eq(t_core_stats(&x.t.core).fallback_no_prefill, 1);
 	t_route_close(&x.t);
 }
 
@@ -525,5 +528,59 @@ Test(route_pools, unknown_worker_cannot_be_unregistered_or_report_load)
 	cr_assert_eq(rt_unregister(&x.t.rt, 1), 0);
 	cr_assert_eq(rt_unregister(&x.t.rt, 1), -ENOENT);
 	cr_assert_eq(rt_report_load(&x.t.rt, 1, 0, 1, 1), -ENOENT);
+	t_route_close(&x.t);
+}
+
+/*
+ * A worker that leaves with requests in flight leaves their load on its target id until they
+ * end: the id is not handed to a new worker before that, so no one inherits phantom load.
+ */
+Test(route_pools, target_id_with_load_in_flight_is_not_reused)
+{
+	struct rt_worker_spec s = t_spec("m", RT_AGGREGATED, BS);
+	struct rt_config cfg;
+	struct t_ctx x;
+	uint16_t old, fresh;
+	rt_load_t load;
+
+	t_route_config(&cfg);
+	cfg.max_targets = 2;
+	t_ctx_open(&x, &cfg, RT_TRANSFER_NONE, 0);
+	old = t_register(&x.t, 1, &s);
+	t_ctx_prompt(&x, 1);
+	cr_assert_eq(t_ctx_route(&x), 0);
+	load = x.plan.first.load;
+	cr_assert_eq(rt_unregister(&x.t.rt, 1), 0);
+	fresh = t_register(&x.t, 2, &s);
+	cr_assert_neq(fresh, old, "target %u still carries a request of the worker that left", old);
+	t_expect_load(&x.t, fresh, 0, 0);
+	cr_assert_eq(rt_register(&x.t.rt, 3, &s, NULL, 0), -ENOSPC, "the loaded id was handed out");
+	cr_assert_eq(rt_release(&x.t.core, load), 0);
+	cr_assert_eq(t_register(&x.t, 3, &s), old, "the id is free again once its load is gone");
+	t_route_close(&x.t);
+}
+
+/* Refused registrations leave no interned name behind: the 8 domain names stay available. */
+Test(route_pools, refused_registrations_intern_no_topology_names)
+{
+	struct rt_worker_spec s;
+	struct t_ctx x;
+	char name[16];
+
+	t_ctx_open(&x, NULL, RT_TRANSFER_NONE, 0);
+	t_ctx_add(&x, 1, RT_DECODE);
+	for (uint32_t i = 0; i < 2 * RT_DOMAIN_KEYS; i++) {
+		struct rt_domain d = {name, "v"};
+
+		snprintf(name, sizeof(name), "d%u", i);
+		s = t_spec_in(RT_DECODE, &d, 1);
+		s.block_size = 2 * BS; /* refused: the pool's block size is BS */
+		s.transfer = (struct rt_transfer){name, RT_TRANSFER_PREFERRED, 0.5};
+		cr_assert_eq(rt_register(&x.t.rt, 10 + i, &s, NULL, 0), -EINVAL);
+	}
+	cr_assert_eq(x.t.rt.ndomain_keys, 0);
+	cr_assert_eq(x.t.rt.ndomain_values, 0);
+	t_ctx_add_in(&x, 2, RT_DECODE, t_rack1);
+	cr_assert_eq(x.t.rt.ndomain_keys, 1);
 	t_route_close(&x.t);
 }
