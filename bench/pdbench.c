@@ -1,5 +1,6 @@
 /*
- * pdbench: benchmarks of the router's parts, one subcommand each (`hash`, `index`, `route`, `mailbox`).
+ * pdbench: benchmarks of the router's parts, one subcommand each (`hash`, `index`, `route`,
+ * `mailbox`).
  * Runs on the main thread; subcommands start their own threads where they measure concurrency.
  */
 #include <errno.h>
@@ -22,7 +23,7 @@ static const struct bench_cmd bench_cmds[] = {
     {"hash", bench_hash_main, "block hashing throughput on one core (dp_hash_*)"},
     {"index", bench_index_main, "replay an .ops stream on the prefix index (pdx_*)"},
     {"route", bench_route_main, "routing decision latency over a populated index (rt_*)"},
-    {"mailbox", bench_mailbox_main, "hand-off latency and throughput over a lane ring (shm_ring_*)"},
+    {"mailbox", bench_mailbox_main, "hand-off over a shared-memory lane ring (shm_ring_*)"},
 };
 
 #define BENCH_NCMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))

@@ -9,8 +9,9 @@
  * count. A prefix in flight on one target only (most of any prompt) names it inline with its
  * count: one slot, one probe. A shared one keeps a bitmap of its targets, so that finding which
  * targets already carry a prompt's leading blocks is a few word ANDs per block, whatever the
- * number of targets, and a pair slot per target, found in O(1). In-flight blocks are prefix-closed (a request brings blocks 0..n-1 together), so
- * holder sets only shrink along a prompt and rt_share_already() stops where the set empties.
+ * number of targets, and a pair slot per target, found in O(1). In-flight blocks are
+ * prefix-closed (a request brings blocks 0..n-1 together), so holder sets only shrink along a
+ * prompt and rt_share_already() stops where the set empties.
  * Deletion shifts slots back instead of leaving tombstones, so probe runs never rot.
  */
 #include <errno.h>

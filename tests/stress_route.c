@@ -33,7 +33,7 @@ static struct rt_core cores[CORES]; /* set up and freed by main, used by one thr
 static uint32_t tokens[PROMPTS][PLEN * BS];
 static atomic_bool stop;      /* relaxed: a flag polled in a loop, joined afterwards */
 static atomic_uint failures;  /* relaxed: read after pthread_join() */
-static atomic_ulong decisions;
+static atomic_ulong decisions; /* relaxed: summed by the cores, read after pthread_join() */
 
 #define FAIL(...)                                                                       \
 	do {                                                                            \
