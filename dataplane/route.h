@@ -172,6 +172,9 @@ struct rt_candidate {
 	uint8_t same_domain;	/* 1: preferred-domain discount applied */
 	uint32_t overlap;	/* leading blocks held */
 	uint32_t new_blocks;	/* request blocks not already in flight on the target */
+	uint32_t busy_over;	/* filtered busy: the KV blocks used (reported) or the prefill
+				 * tokens (the larger of predicted and reported) that exceeded the
+				 * threshold, saturated at UINT32_MAX */
 	double prefill_blocks;	/* (active prefill tokens + isl) / block size */
 	double decode_blocks;	/* active blocks + new blocks */
 	double cost;

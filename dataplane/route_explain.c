@@ -4,6 +4,7 @@
  * candidate array behind (route_score.c).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -55,6 +56,16 @@ static void put_candidate(struct out *o, const struct rt_router *rt, const struc
 
 	put(o, "%c target=%u worker=%u rank=%u", chosen ? '*' : ' ', c->target, t->worker,
 	    t->dp_rank);
+	if (c->filter == RT_FILTER_BUSY_KV) {
+		put(o, " filtered=busy_kv used_blocks=%u capacity=%" PRIu64 " limit=%g\n",
+		    c->busy_over, t->kv_capacity_blocks, rt->cfg.busy_kv_fraction);
+		return;
+	}
+	if (c->filter == RT_FILTER_BUSY_PREFILL) {
+		put(o, " filtered=busy_prefill prefill_tokens=%u limit=%" PRIu64 "\n", c->busy_over,
+		    rt->cfg.busy_prefill_tokens);
+		return;
+	}
 	if (c->filter != RT_ELIGIBLE) {
 		put(o, " filtered=%s\n", rt_filter_name((enum rt_filter)c->filter));
 		return;

@@ -141,14 +141,18 @@ static enum rt_filter filter(struct rt_core *c, const struct rt_stage_in *in, ui
 	    !domain_has_decode(c, in, tg))
 		return RT_FILTER_NO_DECODE;
 	/* Relaxed: see struct rt_target. */
-	if (rt->cfg.busy_kv_fraction > 0.0 &&
-	    (double)atomic_load_explicit(&tg->reported_used_blocks, memory_order_relaxed) >
-		rt->cfg.busy_kv_fraction * (double)tg->kv_capacity_blocks)
-		return RT_FILTER_BUSY_KV;
+	if (rt->cfg.busy_kv_fraction > 0.0) {
+		reported = atomic_load_explicit(&tg->reported_used_blocks, memory_order_relaxed);
+		cand->busy_over = reported < UINT32_MAX ? (uint32_t)reported : UINT32_MAX;
+		if ((double)reported > rt->cfg.busy_kv_fraction * (double)tg->kv_capacity_blocks)
+			return RT_FILTER_BUSY_KV;
+	}
 	if (!rt->cfg.busy_prefill_tokens)
 		return RT_ELIGIBLE;
 	reported = atomic_load_explicit(&tg->reported_prefill_tokens, memory_order_relaxed);
-	if ((reported > prefill_tokens ? reported : prefill_tokens) > rt->cfg.busy_prefill_tokens)
+	reported = reported > prefill_tokens ? reported : prefill_tokens;
+	cand->busy_over = reported < UINT32_MAX ? (uint32_t)reported : UINT32_MAX;
+	if (reported > rt->cfg.busy_prefill_tokens)
 		return RT_FILTER_BUSY_PREFILL;
 	return RT_ELIGIBLE;
 }
@@ -196,6 +200,7 @@ static inline void score(struct rt_core *c, const struct rt_stage_in *in,
 	cand->same_domain = 0;
 	cand->overlap = overlap;
 	cand->new_blocks = fresh;
+	cand->busy_over = 0;
 	if (sc->filtering)
 		cand->filter = (uint8_t)filter(c, in, t, prefill_tokens, cand);
 	/* Block sizes are powers of two: multiplying by the inverse divides exactly. Counts go

@@ -96,7 +96,8 @@ Test(route_explain, failed_decision_has_no_choice_and_names_the_outcome)
 	rt_explain_format(&t.rt, rt_core_explain(&t.core, RT_STAGE_AGGREGATED), buf, sizeof(buf));
 	cr_assert(strstr(buf, "outcome=overloaded"), "%s", buf);
 	cr_assert_null(strchr(buf, '*'), "nothing may be marked chosen:\n%s", buf);
-	cr_assert(strstr(buf, "filtered=busy_kv"), "%s", buf);
+	cr_assert(strstr(buf, "filtered=busy_kv used_blocks=900 capacity=1000 limit=0.5"), "%s",
+		  buf);
 	t_route_close(&t);
 }
 
