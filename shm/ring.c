@@ -26,6 +26,7 @@ int shm_ring_attach(struct shm_ring *r, void *mem, uint32_t size, bool producer)
 	uint32_t head, tail;
 
 	memset(r, 0, sizeof(*r));
+	r->broken = true; /* until the checks below pass: a handle never used unchecked */
 	if (!size_ok(size))
 		return -EINVAL;
 	/* Acquire both: whatever the other side wrote before its index is ours to read. */

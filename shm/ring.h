@@ -64,7 +64,8 @@ struct shm_rec {
 	const uint8_t *payload;
 };
 
-/* Bytes a record of @len payload bytes takes in the ring. */
+/* Bytes a record of @len payload bytes takes in the ring; @len at most a ring's max payload
+ * (callers check first: near 2^32 the sum would wrap). */
 static inline uint32_t shm_rec_space(uint32_t len)
 {
 	return (SHM_REC_HDR + len + 7u) & ~7u;
@@ -139,9 +140,10 @@ static inline int shm_ring_room(struct shm_ring *r, uint32_t need)
  * @type: any value but SHM_REC_PAD.
  *
  * Returns a pointer to the payload (8-byte aligned, @len bytes, to be filled), or NULL with
- * *err set: -ENOBUFS when the ring is full (try again once the consumer has caught up; a pad
- * written to wrap may already be committed), -E2BIG when the record is larger than the ring
- * could ever hold, -EINVAL for type SHM_REC_PAD, -EBADMSG when the consumer broke the ring.
+ * *err set: -ENOBUFS when the ring is full: call shm_ring_publish() before waiting for the
+ * consumer (a pad written to wrap may be committed and must be seen), then try again;
+ * -E2BIG when the record is larger than the ring could ever hold; -EINVAL for type
+ * SHM_REC_PAD; -EBADMSG when the consumer broke the ring.
  * Nothing is visible until shm_ring_commit() and shm_ring_publish().
  * Context: the producer thread.
  */
@@ -151,6 +153,7 @@ static inline void *shm_ring_reserve(struct shm_ring *r, uint16_t type, uint16_t
 	uint32_t need, off, room_to_end;
 	uint32_t *hdr;
 
+	r->pending = 0; /* a reservation not committed is abandoned */
 	if (r->broken) {
 		*err = -EBADMSG;
 		return NULL;
@@ -203,7 +206,9 @@ static inline void shm_ring_publish(struct shm_ring *r)
 /**
  * shm_ring_peek - the next record, left in the ring until shm_ring_consume().
  *
- * Pads are skipped. Returns 0 with @rec filled, -EAGAIN when the ring is empty, or -EBADMSG
+ * Pads are skipped (and count as consumed). Returns 0 with @rec filled, -EAGAIN when the ring
+ * is empty (call shm_ring_release() before waiting: the producer may be waiting for the space
+ * of what was consumed), or -EBADMSG
  * when the producer broke the rules (an index out of range, a length that overruns what was
  * published or the end of the data, a pad that does not end the data).
  * Context: the consumer thread.
@@ -220,8 +225,10 @@ static inline int shm_ring_peek(struct shm_ring *r, struct shm_rec *rec)
 			 * shm_ring_publish(). */
 			uint32_t head = atomic_load_explicit(&r->sh->head, memory_order_acquire);
 
-			/* The head may only move forward, at most a ring ahead, and stays aligned. */
-			if ((uint32_t)(head - r->local) > r->size || (head & 7u))
+			/* The head may only move forward, at most a ring past the tail we released
+			 * (what we consumed but did not release is still ours), and stays aligned. */
+			if ((uint32_t)(head - r->local) > r->size - (r->local - r->published) ||
+			    (head & 7u))
 				return shm_ring_break(r);
 			r->remote = head;
 			if (head == r->local)
