@@ -2,7 +2,7 @@
 # The main job, until the daemon lands: installs the dependencies, builds an optimised tree
 # (build-release/), turns the shipped Mooncake trace into prefix-index operation streams and
 # replays them with `pdbench index`, printing match latency and throughput, then times
-# routing decisions with `pdbench route`.
+# routing decisions with `pdbench route` and the router-worker hand-off with `pdbench mailbox`.
 # Usage: tools/run.sh [--workers N] [extra pdbench index flags...]
 # PDROUTER_SHARED points at the shared/ directory (default: ../shared beside the checkout).
 set -euo pipefail
@@ -48,3 +48,5 @@ for variant in "synthetic:" "shared-prefix:--shared-prefix 2"; do
 done
 echo "== pdbench route: routing decision latency, block size 64"
 build-release/bench/pdbench route
+echo "== pdbench mailbox: one-way hand-off and throughput over a lane ring, CPUs 0 and 1"
+build-release/bench/pdbench mailbox
