@@ -1,6 +1,6 @@
 /*
- * The registry behind routing: models and their three pools, workers and their routing
- * targets (one per DP rank), interned topology domains and the transfer rules.
+ * The registry behind routing: the configuration, models and their three pools, workers and
+ * their routing targets (one per DP rank); topology names live in route_topology.c.
  * Control thread only; cores read it between registrations (route_pvt.h says who writes what).
  */
 #include <errno.h>
@@ -43,8 +43,7 @@ void rt_config_default(struct rt_config *cfg)
 	rt_policy_default(&cfg->policy);
 }
 
-/* printf into the caller's reason buffer, if any; returns @rc so callers can return it. */
-static int refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
+int rt_refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -54,81 +53,6 @@ static int refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
 		va_end(ap);
 	}
 	return rc;
-}
-
-static bool name_ok(const char *s)
-{
-	return s && s[0] && strlen(s) <= RT_NAME_MAX;
-}
-
-static int domain_key_find(const struct rt_router *rt, const char *name)
-{
-	for (uint32_t i = 0; i < rt->ndomain_keys; i++)
-		if (strcmp(rt->domain_key[i], name) == 0)
-			return (int)i;
-	return -ENOENT;
-}
-
-/* Id of domain key @name, interned on first use. Interned names outlive their workers. */
-static int domain_key_intern(struct rt_router *rt, const char *name)
-{
-	int k = domain_key_find(rt, name);
-
-	if (k >= 0)
-		return k;
-	if (rt->ndomain_keys == RT_DOMAIN_KEYS)
-		return -ENOSPC;
-	if (!(rt->domain_key[rt->ndomain_keys] = strdup(name)))
-		return -ENOMEM;
-	return (int)rt->ndomain_keys++;
-}
-
-/* Value id (>= 1) of @value under key @key, interned on first use. */
-static int domain_value_intern(struct rt_router *rt, int key, const char *value)
-{
-	for (uint32_t i = 0; i < rt->ndomain_values; i++)
-		if (rt->domain_value_key[i] == key && strcmp(rt->domain_value[i], value) == 0)
-			return (int)i + 1;
-	if (rt->ndomain_values == RT_DOMAIN_VALUES - 1) /* ids fit the per-key bitmaps */
-		return -ENOSPC;
-	if (!(rt->domain_value[rt->ndomain_values] = strdup(value)))
-		return -ENOMEM;
-	rt->domain_value_key[rt->ndomain_values] = (uint8_t)key;
-	return (int)++rt->ndomain_values;
-}
-
-/* Is a transfer rule well formed? Changes nothing; @t->domain NULL is "no rule". */
-static int transfer_check(const struct rt_transfer *t, char *err, size_t errlen)
-{
-	if (!t->domain)
-		return 0;
-	if (!name_ok(t->domain))
-		return refuse(err, errlen, -EINVAL, "transfer domain name empty or too long");
-	if (t->enforcement > RT_TRANSFER_REQUIRED)
-		return refuse(err, errlen, -EINVAL, "transfer enforcement %d unknown",
-			      (int)t->enforcement);
-	if (!(t->preferred_weight >= 0.0 && t->preferred_weight <= 1.0))
-		return refuse(err, errlen, -EINVAL, "preferred weight %g not in [0, 1]",
-			      t->preferred_weight);
-	return 0;
-}
-
-/* Turn a transfer rule into ids, interning its domain name; @t->domain NULL: no rule. */
-static int rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struct rt_rule *out,
-			char *err, size_t errlen)
-{
-	int key, rc = transfer_check(t, err, errlen);
-
-	*out = (struct rt_rule){.key = -1, .enforcement = RT_TRANSFER_NONE, .discount = 1.0};
-	if (rc || !t->domain)
-		return rc;
-	key = domain_key_intern(rt, t->domain);
-	if (key < 0)
-		return refuse(err, errlen, key, "more than %u topology domain names", RT_DOMAIN_KEYS);
-	out->key = (int8_t)key;
-	out->enforcement = (uint8_t)t->enforcement;
-	out->discount = exp(-tanh(t->preferred_weight));
-	return 0;
 }
 
 /* Fill the zeros of @cfg with defaults; -EINVAL for a value out of range. */
@@ -182,7 +106,7 @@ int rt_router_init(struct rt_router *rt, const struct rt_config *cfg, struct pdx
 	rt->domain_value_key = calloc(RT_DOMAIN_VALUES, 1);
 	rc = -ENOMEM;
 	if (rt->target && rt->worker && rt->model && rt->domain_value && rt->domain_value_key)
-		rc = rule_resolve(rt, &rt->cfg.transfer, &rt->rule, NULL, 0);
+		rc = rt_rule_resolve(rt, &rt->cfg.transfer, &rt->rule, NULL, 0);
 	rt->cfg.transfer.domain = NULL; /* resolved into rt->rule; the string stays the caller's */
 	if (rc)
 		rt_router_destroy(rt);
@@ -294,15 +218,15 @@ static int spec_check_roles(const struct rt_worker_spec *s, char *err, size_t er
 	static const char *const type_name[RT_WORKER_TYPES] = {"prefill", "decode", "aggregated"};
 
 	if ((unsigned)s->type >= RT_WORKER_TYPES)
-		return refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
+		return rt_refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
 	if ((unsigned)s->model_type > RT_MODEL_EMPTY)
-		return refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
+		return rt_refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
 	if ((s->type == RT_PREFILL) != (s->model_type == RT_MODEL_EMPTY))
-		return refuse(err, errlen, -EINVAL,
+		return rt_refuse(err, errlen, -EINVAL,
 			      "a %s worker must register model type %s", type_name[s->type],
 			      s->type == RT_PREFILL ? "empty" : "chat or completions");
 	if (s->needs != needs[s->type])
-		return refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
+		return rt_refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
 			      type_name[s->type],
 			      s->type == RT_PREFILL ? "decode"
 			      : s->type == RT_DECODE ? "prefill"
@@ -316,33 +240,33 @@ static int spec_check(const struct rt_router *rt, const struct rt_worker_spec *s
 {
 	int rc;
 
-	if (!name_ok(s->model))
-		return refuse(err, errlen, -EINVAL, "model name empty or longer than %u bytes",
+	if (!rt_name_ok(s->model))
+		return rt_refuse(err, errlen, -EINVAL, "model name empty or longer than %u bytes",
 			      RT_NAME_MAX);
 	rc = spec_check_roles(s, err, errlen);
 	if (rc)
 		return rc;
 	if (!dp_hash_block_size_ok(s->block_size))
-		return refuse(err, errlen, -EINVAL,
+		return rt_refuse(err, errlen, -EINVAL,
 			      "block size %u is not a power of two in [1, %u]", s->block_size,
 			      DP_HASH_MAX_BLOCK);
 	if (!s->kv_capacity_blocks || !s->max_batched_tokens)
-		return refuse(err, errlen, -EINVAL, "KV capacity and max batched tokens must be > 0");
+		return rt_refuse(err, errlen, -EINVAL, "KV capacity and max batched tokens must be > 0");
 	if (!s->dp_ranks || s->dp_ranks > rt->cfg.max_targets ||
 	    s->dp_rank_start > UINT32_MAX - s->dp_ranks)
-		return refuse(err, errlen, -EINVAL, "DP rank range %u+%u invalid", s->dp_rank_start,
+		return rt_refuse(err, errlen, -EINVAL, "DP rank range %u+%u invalid", s->dp_rank_start,
 			      s->dp_ranks);
 	if (s->ndomains > RT_DOMAIN_KEYS || (s->ndomains && !s->domains))
-		return refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
-	if ((rc = transfer_check(&s->transfer, err, errlen)))
+		return rt_refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
+	if ((rc = rt_transfer_check(&s->transfer, err, errlen)))
 		return rc;
 	for (size_t i = 0; i < s->ndomains; i++) {
-		if (!name_ok(s->domains[i].name) || !name_ok(s->domains[i].value))
-			return refuse(err, errlen, -EINVAL,
+		if (!rt_name_ok(s->domains[i].name) || !rt_name_ok(s->domains[i].value))
+			return rt_refuse(err, errlen, -EINVAL,
 				      "topology domain %zu: name or value empty or too long", i);
 		for (size_t j = 0; j < i; j++)
 			if (strcmp(s->domains[i].name, s->domains[j].name) == 0)
-				return refuse(err, errlen, -EINVAL, "topology domain '%s' given twice",
+				return rt_refuse(err, errlen, -EINVAL, "topology domain '%s' given twice",
 					      s->domains[i].name);
 	}
 	return 0;
@@ -363,7 +287,7 @@ static int pool_check(const struct rt_router *rt, int model, const struct rt_wor
 		if ((p == RT_PREFILL) != (s->type == RT_PREFILL) || !pool->n ||
 		    pool->block_size == s->block_size)
 			continue;
-		return refuse(err, errlen, -EINVAL,
+		return rt_refuse(err, errlen, -EINVAL,
 			      "block size %u differs from the %u of the %s pool of model '%s'",
 			      s->block_size, pool->block_size,
 			      p == RT_PREFILL ? "prefill" : "decode/aggregated", s->model);
@@ -406,10 +330,10 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 
 	memset(tg->domain, 0, sizeof(tg->domain));
 	for (size_t i = 0; i < s->ndomains; i++) {
-		key = domain_key_intern(rt, s->domains[i].name);
+		key = rt_domain_key_intern(rt, s->domains[i].name);
 		if (key < 0)
 			return key;
-		val = domain_value_intern(rt, key, s->domains[i].value);
+		val = rt_domain_value_intern(rt, key, s->domains[i].value);
 		if (val < 0)
 			return val;
 		tg->domain[key] = (uint16_t)val;
@@ -426,35 +350,6 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 	return 0;
 }
 
-/* Does @s name domain @name among its topology domains? */
-static bool spec_has_domain(const struct rt_worker_spec *s, const char *name)
-{
-	for (size_t i = 0; i < s->ndomains; i++)
-		if (strcmp(s->domains[i].name, name) == 0)
-			return true;
-	return false;
-}
-
-/*
- * A required transfer rule needs the domain it names: a prefill worker without a value under
- * its rule, or a serving worker without one under the router's, could never take a request.
- */
-static int required_domain_check(const struct rt_router *rt, const struct rt_worker_spec *s,
-				 char *err, size_t errlen)
-{
-	const char *need = NULL;
-
-	if (s->type == RT_PREFILL && s->transfer.domain)
-		need = s->transfer.enforcement == RT_TRANSFER_REQUIRED ? s->transfer.domain : NULL;
-	else if (rt->rule.enforcement == RT_TRANSFER_REQUIRED)
-		need = rt->domain_key[rt->rule.key];
-	if (need && !spec_has_domain(s, need))
-		return refuse(err, errlen, -EINVAL,
-			      "transfer domain '%s' is required, but the worker gives no value for "
-			      "it", need);
-	return 0;
-}
-
 /* Every check of a registration that changes nothing; sets *model (-ENOENT: a new one). */
 static int register_check(const struct rt_router *rt, uint32_t worker,
 			  const struct rt_worker_spec *spec, int *model, char *err, size_t errlen)
@@ -462,12 +357,12 @@ static int register_check(const struct rt_router *rt, uint32_t worker,
 	int rc;
 
 	if (!spec)
-		return refuse(err, errlen, -EINVAL, "no registration");
+		return rt_refuse(err, errlen, -EINVAL, "no registration");
 	if (worker_find(rt, worker))
-		return refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
+		return rt_refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
 	rc = spec_check(rt, spec, err, errlen);
 	if (!rc)
-		rc = required_domain_check(rt, spec, err, errlen);
+		rc = rt_required_domain_check(rt, spec, err, errlen);
 	if (rc)
 		return rc;
 	*model = rt_model_find(rt, spec->model, strlen(spec->model));
@@ -498,22 +393,22 @@ static int register_build(struct rt_router *rt, uint32_t worker,
 	int rc = 0;
 
 	if (spec->transfer.domain)
-		rc = rule_resolve(rt, &spec->transfer, &rule, err, errlen);
+		rc = rt_rule_resolve(rt, &spec->transfer, &rule, err, errlen);
 	if (rc)
 		return rc;
 	*w = worker_slot(rt);
 	rc = *w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
 	if (rc)
-		return refuse(err, errlen, rc, "no routing target left (max_targets %u)",
+		return rt_refuse(err, errlen, rc, "no routing target left (max_targets %u)",
 			      rt->cfg.max_targets);
 	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
 		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, spec, &rule);
 	if (rc)
-		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+		return rt_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
 					       : "more than %u topology domain names or %u values",
 			      RT_DOMAIN_KEYS, RT_DOMAIN_VALUES - 1);
 	if (*model < 0 && (*model = rc = model_intern(rt, spec->model)) < 0)
-		return refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+		return rt_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
 					       : "no room for another model (max_models %u)",
 			      rt->cfg.max_models);
 	return 0;
@@ -536,7 +431,7 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 		return rc;
 	ids = calloc(spec->dp_ranks, sizeof(*ids));
 	if (!ids)
-		return refuse(err, errlen, -ENOMEM, "out of memory");
+		return rt_refuse(err, errlen, -ENOMEM, "out of memory");
 	rc = register_build(rt, worker, spec, ids, &w, &model, err, errlen);
 	if (rc) {
 		register_rollback(rt, &undo);
