@@ -4,19 +4,29 @@
  * chunks copied out of shared memory. Control thread only.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "events.h"
 #include "hash.h"
 #include "kv_events.h"
 
-#define CHUNK 256u /* blocks copied out of the ring at a time */
+#define CHUNK 256u /* REMOVED ids copied out of the ring at a time */
 
 void ctl_kv_init(struct ctl_kv *k, struct pdx *index, struct rt_router *rt, uint32_t worker,
 		 uint32_t block_size, struct shm_ring *ring)
 {
 	*k = (struct ctl_kv){.index = index, .rt = rt, .ring = ring, .worker = worker,
 			     .block_size = block_size};
+}
+
+void ctl_kv_destroy(struct ctl_kv *k)
+{
+	free(k->blocks);
+	free(k->hashes);
+	k->blocks = NULL;
+	k->hashes = NULL;
+	k->blocks_cap = k->hashes_cap = 0;
 }
 
 static int malformed(struct ctl_kv *k)
@@ -51,58 +61,68 @@ static int event_target(struct ctl_kv *k, uint32_t dp_rank, uint64_t event_id)
 	return t;
 }
 
-/* Count what the index said of one call; returns 0, or the error that ends the event. */
-static int tally(struct ctl_kv *k, long rc, uint64_t *blocks)
+/*
+ * Count what the index said; returns 0, or the error that ended the event. An event that
+ * stopped part way (an id conflict, out of memory) leaves the index behind the worker's
+ * cache: ask for a dump.
+ */
+static int tally(struct ctl_kv *k, long rc)
 {
-	if (rc >= 0) {
-		*blocks += (uint64_t)rc;
+	if (rc >= 0)
 		return 0;
-	}
 	k->stats.refused++;
+	if (rc == -EEXIST || rc == -ENOMEM)
+		k->dump_wanted = true;
 	return (int)rc;
 }
 
-/* Copy @n ext ids (and local hashes, if @local) from the ring into @b. */
-static void copy_blocks(struct pdx_block *b, const uint8_t *ext, const uint8_t *local, size_t n)
+/* @p, grown to room for @n items of @size bytes (its capacity in *@cap); NULL when out of
+ * memory, @p unchanged. */
+static void *grow(void **p, uint32_t *cap, uint32_t n, size_t size)
 {
-	for (size_t i = 0; i < n; i++) {
-		memcpy(&b[i].ext_id, ext + 8 * i, 8);
-		b[i].local_hash = 0;
-		if (local)
-			memcpy(&b[i].local_hash, local + 8 * i, 8);
-	}
+	void *q;
+
+	if (n <= *cap)
+		return *p;
+	q = realloc(*p, (size_t)n * size);
+	if (!q)
+		return NULL;
+	*cap = n;
+	return *p = q;
 }
 
-/* Apply a checked STORED event in chunks; each chunk chains after the previous one's last. */
+/*
+ * Apply a checked STORED event in one call, so that the index sees the whole event (a repeat
+ * or self-parent anywhere refuses all of it). Everything is copied out of shared memory
+ * first (the event's blocks into the intake's scratch, which grows to the largest event).
+ */
 static int apply_stored(struct ctl_kv *k, uint32_t t, const struct shm_ev_stored *ev,
 			const uint8_t *ext, const uint8_t *content)
 {
-	struct pdx_block b[CHUNK];
-	uint64_t ids[CHUNK], parent = ev->parent_ext;
-	bool tokens = ev->blocks_kind == SHM_EV_TOKEN_IDS;
-	int rc = 0;
+	struct pdx_block *b = grow((void **)&k->blocks, &k->blocks_cap, ev->nblocks, sizeof(*b));
+	uint64_t *local = NULL;
+	size_t before = pdx_target_blocks(k->index, t);
+	long rc;
 
-	for (uint32_t at = 0; at < ev->nblocks && !rc; at += CHUNK) {
-		uint32_t n = ev->nblocks - at < CHUNK ? ev->nblocks - at : CHUNK;
-		const uint64_t *after = at || ev->has_parent ? &parent : NULL;
-		long got;
-
-		copy_blocks(b, ext + 8 * (size_t)at, tokens ? NULL : content + 8 * (size_t)at, n);
-		if (tokens) {
-			for (uint32_t i = 0; i < n; i++)
-				ids[i] = b[i].ext_id;
-			/* The tokens are read once, by the hashing; a worker changing them only
-			 * changes what its own blocks are. */
-			got = pdx_store_tokens(k->index, t, after, ids, n,
-					       (const uint32_t *)content + (size_t)at * ev->block_size,
-					       ev->block_size, DP_HASH_SEED);
-		} else {
-			got = pdx_store(k->index, t, after, b, n);
-		}
-		rc = tally(k, got, &k->stats.blocks_stored);
-		parent = b[n - 1].ext_id;
+	if (ev->blocks_kind == SHM_EV_TOKEN_IDS)
+		local = grow((void **)&k->hashes, &k->hashes_cap, ev->nblocks, sizeof(*local));
+	if (!b || (ev->blocks_kind == SHM_EV_TOKEN_IDS && !local))
+		return tally(k, -ENOMEM);
+	for (uint32_t i = 0; i < ev->nblocks; i++)
+		memcpy(&b[i].ext_id, ext + 8 * (size_t)i, 8);
+	if (local) /* the tokens are read once, by the hashing */
+		dp_hash_blocks((const uint32_t *)content, (size_t)ev->nblocks * ev->block_size,
+			       ev->block_size, DP_HASH_SEED, local);
+	for (uint32_t i = 0; i < ev->nblocks; i++) {
+		if (local)
+			b[i].local_hash = local[i];
+		else
+			memcpy(&b[i].local_hash, content + 8 * (size_t)i, 8);
 	}
-	return rc;
+	rc = pdx_store(k->index, t, ev->has_parent ? &ev->parent_ext : NULL, b, ev->nblocks);
+	/* Count what the target gained, also when the event stopped part way. */
+	k->stats.blocks_stored += pdx_target_blocks(k->index, t) - before;
+	return tally(k, rc);
 }
 
 static int on_stored(struct ctl_kv *k, const struct shm_rec *rec)
@@ -135,6 +155,7 @@ static int on_removed(struct ctl_kv *k, const struct shm_rec *rec)
 {
 	struct shm_ev_removed ev;
 	uint64_t ids[CHUNK];
+	size_t before;
 	int t, rc = 0;
 
 	if (rec->len < sizeof(ev))
@@ -146,19 +167,23 @@ static int on_removed(struct ctl_kv *k, const struct shm_rec *rec)
 	if (t < 0)
 		return 0;
 	k->stats.events++;
+	before = pdx_target_blocks(k->index, (uint32_t)t);
+	/* Removals are independent of each other: chunks change nothing but the copying. */
 	for (uint32_t at = 0; at < ev.n && !rc; at += CHUNK) {
 		uint32_t n = ev.n - at < CHUNK ? ev.n - at : CHUNK;
 
 		memcpy(ids, rec->payload + sizeof(ev) + 8 * (size_t)at, 8 * (size_t)n);
-		rc = tally(k, pdx_remove(k->index, (uint32_t)t, ids, n), &k->stats.blocks_removed);
+		rc = tally(k, pdx_remove(k->index, (uint32_t)t, ids, n));
 	}
+	k->stats.blocks_removed += before - pdx_target_blocks(k->index, (uint32_t)t);
 	return rc;
 }
 
 static int on_cleared(struct ctl_kv *k, const struct shm_rec *rec)
 {
 	struct shm_ev_cleared ev;
-	int t;
+	size_t before;
+	int t, rc;
 
 	if (rec->len != sizeof(ev))
 		return malformed(k);
@@ -169,7 +194,10 @@ static int on_cleared(struct ctl_kv *k, const struct shm_rec *rec)
 	if (t < 0)
 		return 0;
 	k->stats.events++;
-	return tally(k, pdx_clear(k->index, (uint32_t)t), &k->stats.blocks_removed);
+	before = pdx_target_blocks(k->index, (uint32_t)t);
+	rc = tally(k, pdx_clear(k->index, (uint32_t)t));
+	k->stats.blocks_removed += before - pdx_target_blocks(k->index, (uint32_t)t);
+	return rc;
 }
 
 static int on_load(struct ctl_kv *k, const struct shm_rec *rec)
@@ -212,6 +240,8 @@ int ctl_kv_drain(struct ctl_kv *k, uint32_t budget)
 	uint32_t n = 0;
 	bool nomem = false;
 
+	if (budget > INT32_MAX) /* the count is returned as an int */
+		budget = INT32_MAX;
 	while (!k->broken && n < budget) {
 		int rc = shm_ring_peek(k->ring, &rec);
 

@@ -17,7 +17,7 @@
 
 /* Counters of one worker's intake; written by the control thread only. */
 struct ctl_kv_stats {
-	uint64_t events;	 /* KV events applied, in full or in part */
+	uint64_t events;	 /* KV events handed to the index (refused ones count here too) */
 	uint64_t duplicates;	 /* event id not newer than the last: dropped */
 	uint64_t gaps;		 /* event ids skipped (each gap once): a dump is due */
 	uint64_t refused;	 /* events the index refused (unknown parent, repeated ids, ...) */
@@ -39,6 +39,10 @@ struct ctl_kv {
 	bool dump_wanted;    /* a gap was seen: ask the worker for a dump of its cache */
 	bool broken;	     /* a malformed record: disconnect the worker */
 	struct ctl_kv_stats stats;
+	/* A STORED event copied out of shared memory before the index sees it. */
+	struct pdx_block *blocks;
+	uint64_t *hashes;
+	uint32_t blocks_cap, hashes_cap;
 };
 
 /**
@@ -48,14 +52,18 @@ struct ctl_kv {
 void ctl_kv_init(struct ctl_kv *k, struct pdx *index, struct rt_router *rt, uint32_t worker,
 		 uint32_t block_size, struct shm_ring *ring);
 
+/* Free the intake's scratch; the ring and the index are not its own. */
+void ctl_kv_destroy(struct ctl_kv *k);
+
 /**
  * ctl_kv_drain - apply up to @budget records from the ring, then release their space.
  *
  * Returns the number of records taken (0: the ring is empty), or -EBADMSG once a record or
  * the ring itself is malformed (k->broken is set; the worker must be disconnected and its
  * blocks dropped). Bad events that are well-formed (duplicates, unknown parents or ranks) are
- * counted and skipped. -ENOMEM when the index ran out of memory (the event is counted as
- * refused; draining can resume).
+ * counted and skipped. -ENOMEM when memory ran out (the event is counted as refused and a
+ * dump is asked for; draining can resume). An event the index took only part of (an id
+ * conflict) also asks for a dump.
  * Context: control thread.
  */
 int ctl_kv_drain(struct ctl_kv *k, uint32_t budget);

@@ -1,6 +1,7 @@
 /*
  * The records a worker writes into its mailbox's event ring (mailbox.h): KV-cache events and
- * load reports. An ABI between the router and workers built apart: fixed little-endian layouts,
+ * load reports. An ABI between the router and workers built apart on the same machine (so
+ * both share its byte order): fixed layouts,
  * every size and offset pinned by a _Static_assert, variable parts after the fixed one with
  * their counts in it. The router checks that a record's length is exactly what its counts say
  * (control/kv_events.c) before it reads any of it.
@@ -25,7 +26,9 @@ enum shm_ev_blocks {
 	SHM_EV_TOKEN_IDS = 1,	 /* block_size u32 token ids per block; the router hashes them */
 };
 
-#define SHM_EV_MAX_BLOCKS 65536u /* blocks of one STORED or REMOVED event */
+/* Blocks of one STORED or REMOVED event. A record must also fit the event ring
+ * (shm_ring_max_payload()): a worker splits larger events, chaining them by parent. */
+#define SHM_EV_MAX_BLOCKS 65536u
 
 /* STORED: @nblocks blocks now cached by DP rank @dp_rank, chained after @parent_ext. */
 struct shm_ev_stored {
