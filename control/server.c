@@ -1,0 +1,304 @@
+/*
+ * The control socket (server.h): accepting workers, registering them, handing over mailboxes,
+ * leases and hang-ups, and draining KV events. Control thread only.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "register.h"
+#include "server.h"
+
+#define CTL_MAX_CONNS 256u
+#define CTL_KV_BUDGET 4096u
+
+/*
+ * Make way for our socket at @addr: a socket file left by a router that died is removed; a live
+ * router's (it accepts a connection) gives -EADDRINUSE, anything else there -EEXIST.
+ */
+static int clear_stale(const struct sockaddr_un *addr)
+{
+	struct stat st;
+	int probe, live;
+
+	if (lstat(addr->sun_path, &st))
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode))
+		return -EEXIST;
+	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (probe < 0)
+		return -errno;
+	live = connect(probe, (const struct sockaddr *)addr, sizeof(*addr)) == 0;
+	close(probe);
+	if (live)
+		return -EADDRINUSE;
+	return unlink(addr->sun_path) ? -errno : 0;
+}
+
+int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
+		    struct rt_router *rt, struct pdx *index)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	int rc = -ENOMEM;
+
+	memset(s, 0, sizeof(*s));
+	s->listen_fd = -1;
+	s->cfg = *cfg;
+	s->rt = rt;
+	s->index = index;
+	s->generation = 1;
+	if (!cfg->path || strlen(cfg->path) >= sizeof(addr.sun_path) ||
+	    cfg->nallowed > CTL_ALLOWED_MAX)
+		return -EINVAL;
+	if (!s->cfg.nallowed)
+		s->cfg.allowed_uids[s->cfg.nallowed++] = getuid();
+	if (!s->cfg.lease_ns)
+		s->cfg.lease_ns = CTL_DEFAULT_LEASE_NS;
+	if (!s->cfg.max_conns || s->cfg.max_conns > CTL_MAX_CONNS) /* one poll() covers them */
+		s->cfg.max_conns = CTL_MAX_CONNS;
+	if (!s->cfg.kv_budget)
+		s->cfg.kv_budget = CTL_KV_BUDGET;
+	if (!s->cfg.mbox.lanes)
+		s->cfg.mbox.lanes = rt->cfg.cores;
+	s->conns = calloc(s->cfg.max_conns, sizeof(*s->conns));
+	if (!s->conns)
+		goto out;
+	strcpy(addr.sun_path, cfg->path);
+	rc = clear_stale(&addr);
+	if (rc)
+		goto out;
+	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (s->listen_fd < 0 || bind(s->listen_fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		rc = -errno;
+		goto out;
+	}
+	s->bound = true;
+	if (chmod(cfg->path, 0660) || listen(s->listen_fd, 64)) {
+		rc = -errno;
+		goto out;
+	}
+	return 0;
+out:
+	ctl_server_close(s);
+	return rc;
+}
+
+/* Is the peer on @fd one we let in? */
+static bool peer_allowed(const struct ctl_server *s, int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len))
+		return false;
+	for (uint32_t i = 0; i < s->cfg.nallowed; i++)
+		if (cred.uid == s->cfg.allowed_uids[i])
+			return true;
+	return false;
+}
+
+static void accept_all(struct ctl_server *s, uint64_t now_ns)
+{
+	int fd;
+
+	while ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+		if (!peer_allowed(s, fd)) {
+			s->stats.refused_peer++;
+			close(fd);
+			continue;
+		}
+		if (s->nconns == s->cfg.max_conns) {
+			s->stats.refused_full++;
+			close(fd);
+			continue;
+		}
+		s->conns[s->nconns++] = (struct ctl_conn){.fd = fd, .since_ns = now_ns};
+		s->stats.accepted++;
+	}
+}
+
+/* Forget connection @i: its worker leaves the registry and the index. */
+static void drop(struct ctl_server *s, uint32_t i)
+{
+	struct ctl_conn *c = &s->conns[i];
+
+	if (c->registered) {
+		/* -ENOMEM keeps the ids reserved until a later unregister of the same worker
+		 * succeeds (route.h); the pools are left at once either way. */
+		rt_unregister(s->rt, c->worker);
+		ctl_kv_destroy(&c->kv);
+		shm_mbox_close(&c->mbox);
+	}
+	close(c->fd);
+	s->conns[i] = s->conns[--s->nconns];
+}
+
+static void send_refused(int fd, uint32_t seq, int error, const char *reason)
+{
+	struct {
+		struct pdw_hdr h;
+		struct pdw_refused r;
+		char reason[256];
+	} m = {.h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_REFUSED, .seq = seq}};
+	size_t n = strnlen(reason, sizeof(m.reason));
+
+	m.r = (struct pdw_refused){.error = error, .reason_len = (uint16_t)n};
+	memcpy(m.reason, reason, n);
+	m.h.len = (uint32_t)(sizeof(m.h) + sizeof(m.r) + n);
+	send(fd, &m, m.h.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/* REGISTERED with the mailbox's descriptor attached. */
+static int send_registered(struct ctl_conn *c, uint32_t seq)
+{
+	struct {
+		struct pdw_hdr h;
+		struct pdw_registered r;
+	} m = {.h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_REGISTERED,
+		     .len = sizeof(m), .seq = seq},
+	       .r = {.worker = c->worker, .generation = c->mbox.generation}};
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = {&m, sizeof(m)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+			     .msg_controllen = sizeof(ctl.buf)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &c->mbox.fd, sizeof(int));
+	return sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof(m) ? 0 : -errno;
+}
+
+/* A REGISTER from connection @c: register, make its mailbox, answer. -EBADMSG: disconnect. */
+static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg, size_t len,
+		       uint64_t now_ns)
+{
+	struct ctl_registration reg;
+	char err[256];
+	uint32_t seq = len >= sizeof(struct pdw_hdr) ? ((const struct pdw_hdr *)msg)->seq : 0;
+	int rc = ctl_registration_decode(&reg, msg, len, err, sizeof(err));
+
+	if (rc == -EBADMSG || rc == -EPROTONOSUPPORT) {
+		send_refused(c->fd, seq, rc, err);
+		return -EBADMSG;
+	}
+	if (!rc)
+		rc = rt_register(s->rt, s->next_worker, &reg.spec, err, sizeof(err));
+	if (!rc && (rc = shm_mbox_create(&c->mbox, &s->cfg.mbox, s->generation)) != 0) {
+		rt_unregister(s->rt, s->next_worker);
+		strcpy(err, "could not create the mailbox");
+	}
+	if (rc) {
+		s->stats.refused_register++;
+		send_refused(c->fd, seq, rc, err);
+		return 0;
+	}
+	c->worker = s->next_worker++;
+	s->generation++;
+	c->registered = true;
+	c->since_ns = now_ns;
+	ctl_kv_init(&c->kv, s->index, s->rt, c->worker, reg.spec.block_size, &c->mbox.event);
+	s->stats.registered++;
+	return send_registered(c, seq) ? -EBADMSG : 0;
+}
+
+/* Read every message waiting on connection @c; -EBADMSG or -EPIPE: drop it. */
+static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_ns)
+{
+	static unsigned char buf[PDW_MSG_MAX];
+
+	for (;;) {
+		struct iovec iov = {buf, sizeof(buf)};
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+		ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT);
+
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -EPIPE;
+		if (n == 0)
+			return -EPIPE;
+		if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) /* over PDW_MSG_MAX, or an fd */
+			return -EBADMSG;
+		if (c->registered) /* a registered worker's messages are heartbeats for now */
+			continue;
+		if (on_register(s, c, buf, (size_t)n, now_ns))
+			return -EBADMSG;
+	}
+}
+
+/*
+ * Has the worker on @c let its lease lapse: no heartbeat in its mailbox for lease_ns, or, not
+ * registered yet, no registration that long after connecting?
+ */
+static bool lease_lapsed(const struct ctl_server *s, const struct ctl_conn *c, uint64_t now_ns)
+{
+	uint64_t last = c->since_ns;
+
+	if (c->registered) {
+		/* Relaxed: a liveness hint written by the worker; any recent value will do. */
+		uint64_t beat = atomic_load_explicit(&c->mbox.hdr->worker_heartbeat_ns,
+						     memory_order_relaxed);
+
+		last = beat > last ? beat : last;
+	}
+	return now_ns > last && now_ns - last > s->cfg.lease_ns;
+}
+
+int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
+{
+	struct pollfd pfd[1 + CTL_MAX_CONNS];
+	uint32_t n = s->nconns;
+	int ready;
+
+	pfd[0] = (struct pollfd){.fd = s->listen_fd, .events = POLLIN};
+	for (uint32_t i = 0; i < n; i++)
+		pfd[1 + i] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
+	ready = poll(pfd, 1 + n, timeout_ms);
+	if (ready < 0)
+		return errno == EINTR ? 0 : -errno;
+	/* From the last connection down: drop() moves the last one into the hole. */
+	for (uint32_t i = n; i-- > 0;) {
+		struct ctl_conn *c = &s->conns[i];
+		int rc = 0;
+
+		if (pfd[1 + i].revents & (POLLIN | POLLHUP | POLLERR))
+			rc = read_messages(s, c, now_ns);
+		if (!rc && c->registered && ctl_kv_drain(&c->kv, s->cfg.kv_budget) == -EBADMSG)
+			rc = -EBADMSG;
+		if (!rc && lease_lapsed(s, c, now_ns)) {
+			s->stats.leases_expired++;
+			drop(s, i);
+			continue;
+		}
+		if (rc) {
+			*(rc == -EBADMSG ? &s->stats.malformed : &s->stats.hangups) += 1;
+			drop(s, i);
+		}
+	}
+	if (pfd[0].revents & POLLIN)
+		accept_all(s, now_ns);
+	return ready;
+}
+
+void ctl_server_close(struct ctl_server *s)
+{
+	while (s->nconns)
+		drop(s, s->nconns - 1);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->bound) /* only a path we made is ours to remove */
+		unlink(s->cfg.path);
+	s->bound = false;
+	free(s->conns);
+	s->conns = NULL;
+	s->listen_fd = -1;
+}

@@ -1,0 +1,93 @@
+/*
+ * The control socket: where workers connect, register and keep their lease. A Unix
+ * SOCK_SEQPACKET socket (one message per packet), mode 0660, peers' credentials checked against
+ * an allowed list; one connection per worker, and the connection is the lease: a hang-up, or no
+ * heartbeat in the mailbox for lease_ns, and the worker is gone (its targets leave the pools
+ * and its blocks the index). A registered worker gets its mailbox (shm/mailbox.h) over the
+ * socket with SCM_RIGHTS, and its KV events are drained into the index on every round.
+ * Control thread; polled with poll(2), no thread of its own.
+ */
+#ifndef PD_CONTROL_SERVER_H
+#define PD_CONTROL_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kv_events.h"
+#include "mailbox.h"
+#include "route.h"
+
+#define CTL_DEFAULT_LEASE_NS (3ull * 1000000000u)
+#define CTL_ALLOWED_MAX 16u
+
+struct ctl_server_config {
+	const char *path;		    /* the socket's path; a stale socket there is replaced */
+	uid_t allowed_uids[CTL_ALLOWED_MAX]; /* peers allowed in; none: the router's own uid */
+	uint32_t nallowed;
+	uint64_t lease_ns;		    /* 0: CTL_DEFAULT_LEASE_NS */
+	uint32_t max_conns;		    /* 0 or over 256: 256 */
+	struct shm_mbox_config mbox;	    /* lanes 0: one per dataplane core of the router */
+	uint32_t kv_budget;		    /* event records drained per worker per round; 0: 4096 */
+};
+
+/* Counters; written by the control thread. */
+struct ctl_server_stats {
+	uint64_t accepted;
+	uint64_t refused_peer;	 /* credentials not in the allowed list: closed */
+	uint64_t refused_full;	 /* max_conns reached: closed */
+	uint64_t registered;
+	uint64_t refused_register; /* REFUSED sent: the worker may fix it and try again */
+	uint64_t malformed;	 /* a message or event ring broke the protocol: disconnected */
+	uint64_t hangups;
+	uint64_t leases_expired;
+};
+
+struct ctl_conn {
+	int fd;
+	bool registered;
+	uint32_t worker; /* the router's id for it, once registered */
+	uint64_t since_ns; /* connected or registered at, for the lease */
+	struct shm_mbox mbox;
+	struct ctl_kv kv;
+};
+
+struct ctl_server {
+	struct ctl_server_config cfg;
+	struct rt_router *rt;
+	struct pdx *index;
+	int listen_fd;
+	bool bound; /* the socket's path is ours to remove */
+	struct ctl_conn *conns;
+	uint32_t nconns;
+	uint32_t next_worker; /* ids handed out in order; never reused while the router runs */
+	uint64_t generation;  /* of the next mailbox */
+	struct ctl_server_stats stats;
+};
+
+/**
+ * ctl_server_open - listen on cfg->path for workers of @rt, writing KV events into @index.
+ *
+ * Returns 0, -EINVAL for a bad config (no path, too long), -EADDRINUSE when a live router
+ * listens there already, -EEXIST when something other than a socket is there, -ENOMEM, or
+ * the negative errno of socket(), bind(), chmod() or listen().
+ * Context: control thread.
+ */
+int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
+		    struct rt_router *rt, struct pdx *index);
+
+/**
+ * ctl_server_poll - one round: accept, read every message, drop workers that hung up, broke
+ * the protocol or let their lease lapse, drain KV events.
+ * @timeout_ms: how long to wait for something to happen (poll(2)); 0: do not wait.
+ * @now_ns: the monotonic clock, for leases.
+ *
+ * Returns the number of connections that had something, or the negative errno of poll().
+ * Context: control thread.
+ */
+int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns);
+
+/* Drop every worker, close the socket and remove its path. */
+void ctl_server_close(struct ctl_server *s);
+
+#endif
