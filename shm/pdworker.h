@@ -1,0 +1,84 @@
+/*
+ * libpdworker: what an inference engine links to work behind pdrouter. Connect to the router's
+ * control socket, register (and get a shared-memory mailbox), publish KV-cache events and load,
+ * keep the lease with heartbeats. Requests and responses over the mailbox lanes come next.
+ *
+ * One struct pdw per worker process (or per engine instance); its calls are not thread-safe:
+ * use it from one thread, or serialise. No call blocks except pdw_register() (it waits for the
+ * router's answer, bounded by a timeout).
+ */
+#ifndef PDROUTER_PDWORKER_H
+#define PDROUTER_PDWORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mailbox.h"
+#include "proto.h"
+
+#define PDW_REASON_MAX 256
+
+struct pdw {
+	int fd;		  /* control socket, -1 when not connected */
+	uint32_t seq;	  /* next message number */
+	uint32_t worker;  /* the router's id for us, once registered */
+	bool registered;
+	struct shm_mbox mbox;
+	uint64_t next_event_id[64]; /* per DP rank (ranks are relative to dp_rank_start) */
+	uint32_t dp_rank_start, dp_ranks, block_size;
+	char reason[PDW_REASON_MAX]; /* why the router refused us, after -EPERM */
+};
+
+/**
+ * pdw_connect - connect to the router's control socket at @path.
+ *
+ * Returns 0, -EINVAL for a path too long, or the negative errno of socket() or connect()
+ * (-ENOENT or -ECONNREFUSED: no router there, try again later).
+ */
+int pdw_connect(struct pdw *w, const char *path);
+
+/**
+ * pdw_register - register as described by @a and map the mailbox the router hands over.
+ * @timeout_ms: how long to wait for the router's answer.
+ *
+ * Returns 0, -EPERM when the router refused (w->reason says why: print it), -ETIMEDOUT,
+ * -EBADMSG for an answer that is not a valid reply, -E2BIG when @a does not fit a message,
+ * -EINVAL when @a has more than 64 DP ranks, or the negative errno of the socket calls or of
+ * shm_mbox_attach().
+ */
+int pdw_register(struct pdw *w, const struct pdw_register_args *a, int timeout_ms);
+
+/**
+ * pdw_publish_stored - STORED: @n blocks now cached by DP rank @dp_rank (absolute rank).
+ * @parent_ext: the engine's id of the block before the first, or NULL: they start a prompt.
+ * @ext_ids: the engine's id of each block.
+ * @local: the local hash of each block (routing-semantics §1), or NULL to send @tokens.
+ * @tokens: @n * block_size token ids, when @local is NULL.
+ *
+ * Event ids are numbered per DP rank by the library. Returns 0, -ENOBUFS when the event ring
+ * is full (the router is behind: try again), -E2BIG when the event could never fit the ring
+ * (split it), -EINVAL for a bad rank or @n, -ENOTCONN before registering.
+ */
+int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_ext,
+		       const uint64_t *ext_ids, uint32_t n, const uint64_t *local,
+		       const uint32_t *tokens);
+
+/* REMOVED: DP rank @dp_rank evicted the @n blocks named by @ext_ids. Returns as above. */
+int pdw_publish_removed(struct pdw *w, uint32_t dp_rank, const uint64_t *ext_ids, uint32_t n);
+
+/* CLEARED: DP rank @dp_rank dropped its whole cache. Returns as above. */
+int pdw_publish_cleared(struct pdw *w, uint32_t dp_rank);
+
+/* LOAD: what DP rank @dp_rank has in use; feeds the router's busy thresholds. */
+int pdw_publish_load(struct pdw *w, uint32_t dp_rank, uint64_t used_blocks,
+		     uint64_t prefill_tokens);
+
+/* Heartbeat: tell the router we are alive (call well within its lease, 3 s by default). */
+void pdw_heartbeat(struct pdw *w);
+
+/* Disconnect: the router drops our registration and our blocks; call pdw_connect() again
+ * to come back (then register and publish a dump of the cache). */
+void pdw_close(struct pdw *w);
+
+#endif

@@ -1,0 +1,256 @@
+/*
+ * libpdworker (pdworker.h): the worker's side of the control socket and of the event ring.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "events.h"
+#include "pdworker.h"
+
+#define PDW_RANKS_MAX 64u
+
+int pdw_connect(struct pdw *w, const char *path)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+
+	memset(w, 0, sizeof(*w));
+	w->fd = -1;
+	w->mbox.fd = -1;
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -EINVAL;
+	strcpy(addr.sun_path, path);
+	w->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (w->fd < 0)
+		return -errno;
+	if (connect(w->fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		int rc = -errno;
+
+		close(w->fd);
+		w->fd = -1;
+		return rc;
+	}
+	return 0;
+}
+
+/* The router's answer to message @seq: REGISTERED with a mailbox, or REFUSED with a reason. */
+static int read_answer(struct pdw *w, uint32_t seq, int timeout_ms)
+{
+	unsigned char buf[512];
+	union {
+		char c[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = {buf, sizeof(buf)};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c,
+			     .msg_controllen = sizeof(ctl.c)};
+	struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
+	struct cmsghdr *cm;
+	struct pdw_hdr h;
+	int mfd = -1, rc = poll(&pfd, 1, timeout_ms);
+	ssize_t n;
+
+	if (rc <= 0)
+		return rc ? -errno : -ETIMEDOUT;
+	n = recvmsg(w->fd, &msg, MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return -errno;
+	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+			memcpy(&mfd, CMSG_DATA(cm), sizeof(int));
+	if ((size_t)n < sizeof(h))
+		goto bad;
+	memcpy(&h, buf, sizeof(h));
+	if (h.magic != PDW_MAGIC || h.len != (uint32_t)n || h.seq != seq)
+		goto bad;
+	if (h.type == PDW_REFUSED && (size_t)n >= sizeof(h) + sizeof(struct pdw_refused)) {
+		struct pdw_refused r;
+		size_t len;
+
+		memcpy(&r, buf + sizeof(h), sizeof(r));
+		len = (size_t)n - sizeof(h) - sizeof(r);
+		len = len < sizeof(w->reason) - 1 ? len : sizeof(w->reason) - 1;
+		memcpy(w->reason, buf + sizeof(h) + sizeof(r), len);
+		w->reason[len] = '\0';
+		if (mfd >= 0)
+			close(mfd);
+		return -EPERM;
+	}
+	if (h.type != PDW_REGISTERED || (size_t)n != sizeof(h) + sizeof(struct pdw_registered) ||
+	    mfd < 0)
+		goto bad;
+	{
+		struct pdw_registered r;
+
+		memcpy(&r, buf + sizeof(h), sizeof(r));
+		w->worker = r.worker;
+	}
+	rc = shm_mbox_attach(&w->mbox, mfd);
+	if (rc)
+		close(mfd);
+	return rc;
+bad:
+	if (mfd >= 0)
+		close(mfd);
+	return -EBADMSG;
+}
+
+int pdw_register(struct pdw *w, const struct pdw_register_args *a, int timeout_ms)
+{
+	unsigned char buf[PDW_MSG_MAX];
+	uint32_t seq = ++w->seq;
+	long n;
+	int rc;
+
+	if (a->fixed.dp_ranks > PDW_RANKS_MAX)
+		return -EINVAL;
+	n = pdw_register_encode(buf, sizeof(buf), a, seq);
+	if (n < 0)
+		return (int)n;
+	if (send(w->fd, buf, (size_t)n, MSG_NOSIGNAL) != n)
+		return -errno;
+	rc = read_answer(w, seq, timeout_ms);
+	if (rc)
+		return rc;
+	w->registered = true;
+	w->dp_rank_start = a->fixed.dp_rank_start;
+	w->dp_ranks = a->fixed.dp_ranks;
+	w->block_size = a->fixed.block_size;
+	for (uint32_t i = 0; i < PDW_RANKS_MAX; i++)
+		w->next_event_id[i] = 1;
+	pdw_heartbeat(w);
+	return 0;
+}
+
+/* Slot of absolute DP rank @rank among ours, or -EINVAL. */
+static int rank_slot(const struct pdw *w, uint32_t rank)
+{
+	if (!w->registered)
+		return -ENOTCONN;
+	if (rank < w->dp_rank_start || rank - w->dp_rank_start >= w->dp_ranks)
+		return -EINVAL;
+	return (int)(rank - w->dp_rank_start);
+}
+
+/* Write one event record of @len bytes from the parts @p[0..n) and publish it. */
+static int post(struct pdw *w, uint16_t type, const void *const *p, const size_t *len, int n)
+{
+	size_t total = 0;
+	unsigned char *dst;
+	int err;
+
+	for (int i = 0; i < n; i++)
+		total += len[i];
+	if (total > shm_ring_max_payload(w->mbox.event.size))
+		return -E2BIG;
+	dst = shm_ring_reserve(&w->mbox.event, type, 0, (uint32_t)total, &err);
+	if (!dst) {
+		shm_ring_publish(&w->mbox.event); /* a pad written to wrap must be seen */
+		return err;
+	}
+	for (int i = 0; i < n; i++) {
+		memcpy(dst, p[i], len[i]);
+		dst += len[i];
+	}
+	shm_ring_commit(&w->mbox.event);
+	shm_ring_publish(&w->mbox.event);
+	return 0;
+}
+
+int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_ext,
+		       const uint64_t *ext_ids, uint32_t n, const uint64_t *local,
+		       const uint32_t *tokens)
+{
+	int slot = rank_slot(w, dp_rank), rc;
+	struct shm_ev_stored ev = {.dp_rank = dp_rank, .nblocks = n, .has_parent = !!parent_ext,
+				   .parent_ext = parent_ext ? *parent_ext : 0,
+				   .blocks_kind = local ? SHM_EV_LOCAL_HASHES : SHM_EV_TOKEN_IDS,
+				   .block_size = w->block_size};
+	const void *parts[3] = {&ev, ext_ids, local ? (const void *)local : tokens};
+	size_t len[3] = {sizeof(ev), 8 * (size_t)n,
+			 local ? 8 * (size_t)n : 4 * (size_t)n * w->block_size};
+
+	if (slot < 0)
+		return slot;
+	if (!n || n > SHM_EV_MAX_BLOCKS || (!local && !tokens))
+		return -EINVAL;
+	ev.event_id = w->next_event_id[slot];
+	rc = post(w, SHM_EV_STORED, parts, len, 3);
+	if (!rc)
+		w->next_event_id[slot]++;
+	return rc;
+}
+
+int pdw_publish_removed(struct pdw *w, uint32_t dp_rank, const uint64_t *ext_ids, uint32_t n)
+{
+	int slot = rank_slot(w, dp_rank), rc;
+	struct shm_ev_removed ev = {.dp_rank = dp_rank, .n = n};
+	const void *parts[2] = {&ev, ext_ids};
+	size_t len[2] = {sizeof(ev), 8 * (size_t)n};
+
+	if (slot < 0)
+		return slot;
+	if (!n || n > SHM_EV_MAX_BLOCKS)
+		return -EINVAL;
+	ev.event_id = w->next_event_id[slot];
+	rc = post(w, SHM_EV_REMOVED, parts, len, 2);
+	if (!rc)
+		w->next_event_id[slot]++;
+	return rc;
+}
+
+int pdw_publish_cleared(struct pdw *w, uint32_t dp_rank)
+{
+	int slot = rank_slot(w, dp_rank), rc;
+	struct shm_ev_cleared ev = {.dp_rank = dp_rank};
+	const void *parts[1] = {&ev};
+	size_t len[1] = {sizeof(ev)};
+
+	if (slot < 0)
+		return slot;
+	ev.event_id = w->next_event_id[slot];
+	rc = post(w, SHM_EV_CLEARED, parts, len, 1);
+	if (!rc)
+		w->next_event_id[slot]++;
+	return rc;
+}
+
+int pdw_publish_load(struct pdw *w, uint32_t dp_rank, uint64_t used_blocks,
+		     uint64_t prefill_tokens)
+{
+	int slot = rank_slot(w, dp_rank);
+	struct shm_ev_load ev = {.dp_rank = dp_rank, .used_blocks = used_blocks,
+				 .prefill_tokens = prefill_tokens};
+	const void *parts[1] = {&ev};
+	size_t len[1] = {sizeof(ev)};
+
+	return slot < 0 ? slot : post(w, SHM_EV_LOAD, parts, len, 1);
+}
+
+void pdw_heartbeat(struct pdw *w)
+{
+	struct timespec ts;
+
+	if (!w->registered)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	/* Relaxed: a liveness hint the router compares with its own clock, nothing more. */
+	atomic_store_explicit(&w->mbox.hdr->worker_heartbeat_ns,
+			      (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
+			      memory_order_relaxed);
+}
+
+void pdw_close(struct pdw *w)
+{
+	if (w->registered)
+		shm_mbox_close(&w->mbox);
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = -1;
+	w->registered = false;
+}

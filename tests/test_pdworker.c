@@ -1,0 +1,194 @@
+/*
+ * libpdworker (shm/pdworker.h) against the router's real control socket (control/server.h):
+ * a forked worker process connects, registers, publishes KV events and load through its
+ * mailbox; the router's index and registry see them; when the worker exits, its blocks go.
+ * A refused registration comes back as -EPERM with the router's reason.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "pdworker.h"
+#include "route_fixture.h"
+#include "server.h"
+
+TestSuite(pdworker, .timeout = 30);
+
+struct fx {
+	struct t_route t;
+	struct ctl_server s;
+	char dir[64], path[128];
+	int go[2]; /* parent -> worker: "you may exit" */
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void fx_open(struct fx *f)
+{
+	struct ctl_server_config cfg = {0};
+
+	strcpy(f->dir, "/tmp/pdr-pdw-XXXXXX");
+	cr_assert_not_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/control.sock", f->dir);
+	t_route_open(&f->t, NULL);
+	cfg.path = f->path;
+	cfg.mbox = (struct shm_mbox_config){.lane_ring_bytes = 4096, .event_ring_bytes = 65536};
+	cr_assert_eq(ctl_server_open(&f->s, &cfg, &f->t.rt, &f->t.x), 0);
+	cr_assert_eq(pipe(f->go), 0);
+}
+
+static void fx_close(struct fx *f)
+{
+	close(f->go[0]);
+	close(f->go[1]);
+	ctl_server_close(&f->s);
+	t_route_close(&f->t);
+	rmdir(f->dir);
+}
+
+/* Run the router until @done says so or 5 s pass; returns @done's last answer. */
+static bool serve_until(struct fx *f, bool (*done)(struct fx *))
+{
+	uint64_t end = now_ns() + 5000000000ull;
+
+	while (!done(f) && now_ns() < end)
+		cr_assert_geq(ctl_server_poll(&f->s, 5, now_ns()), 0);
+	return done(f);
+}
+
+static struct pdw_register_args args(uint32_t block_size)
+{
+	return (struct pdw_register_args){
+	    .fixed = {.worker_type = RT_AGGREGATED, .model_type = RT_MODEL_CHAT,
+		      .block_size = block_size, .kv_capacity_blocks = 1000,
+		      .max_batched_tokens = 8192, .dp_rank_start = 2, .dp_ranks = 2},
+	    .model = "m",
+	    .endpoint = "generate",
+	};
+}
+
+/* The worker process: register, publish 4 blocks and a load on rank 3, wait, leave. */
+static int worker_main(struct fx *f)
+{
+	struct pdw_register_args a = args(16);
+	uint64_t ext[4], local[4];
+	struct pdw w;
+	char b;
+
+	if (pdw_connect(&w, f->path) || pdw_register(&w, &a, 5000))
+		return 1;
+	for (int i = 0; i < 4; i++) {
+		ext[i] = 500 + i;
+		local[i] = t_mix64(i) | 1;
+	}
+	if (pdw_publish_stored(&w, 3, NULL, ext, 4, local, NULL) ||
+	    pdw_publish_load(&w, 3, 777, 55) || pdw_publish_stored(&w, 9, NULL, ext, 4, local, NULL)
+	    != -EINVAL)
+		return 2;
+	pdw_heartbeat(&w);
+	if (read(f->go[0], &b, 1) != 1)
+		return 3;
+	pdw_close(&w);
+	return 0;
+}
+
+static int target_of_rank3(struct fx *f)
+{
+	return f->s.stats.registered ? rt_target_find(&f->t.rt, 0, 3) : -ENOENT;
+}
+
+static bool events_in(struct fx *f)
+{
+	int t = target_of_rank3(f);
+
+	return t >= 0 && pdx_target_blocks(&f->t.x, (uint32_t)t) == 4 &&
+	       f->t.rt.target[t].reported_used_blocks == 777;
+}
+
+static bool worker_gone(struct fx *f)
+{
+	return f->s.stats.hangups == 1;
+}
+
+Test(pdworker, worker_registers_publishes_and_its_blocks_leave_with_it)
+{
+	struct fx f;
+	pid_t pid;
+	int status, t;
+
+	fx_open(&f);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(worker_main(&f));
+	cr_assert(serve_until(&f, events_in), "the worker's events never reached the index");
+	t = target_of_rank3(&f);
+	cr_assert_eq(write(f.go[1], "x", 1), 1);
+	cr_assert(serve_until(&f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker exit %d", status);
+	cr_assert_eq(pdx_target_blocks(&f.t.x, (uint32_t)t), 0);
+	cr_assert_eq(rt_target_find(&f.t.rt, 0, 3), -ENOENT);
+	fx_close(&f);
+}
+
+/* The refused worker: exits 0 when told -EPERM with the router's reason. */
+static int refused_main(struct fx *f)
+{
+	struct pdw_register_args a = args(3);
+	struct pdw w;
+
+	if (pdw_connect(&w, f->path) || pdw_register(&w, &a, 5000) != -EPERM)
+		return 1;
+	if (!strstr(w.reason, "power of two"))
+		return 2;
+	if (pdw_publish_cleared(&w, 2) != -ENOTCONN)
+		return 3;
+	pdw_close(&w);
+	return 0;
+}
+
+static bool refused(struct fx *f)
+{
+	return f->s.stats.refused_register == 1;
+}
+
+Test(pdworker, refused_registration_returns_eperm_with_the_reason)
+{
+	struct fx f;
+	pid_t pid;
+	int status;
+
+	fx_open(&f);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(refused_main(&f));
+	cr_assert(serve_until(&f, refused));
+	cr_assert(serve_until(&f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker exit %d", status);
+	fx_close(&f);
+}
+
+Test(pdworker, connecting_where_no_router_listens_fails_cleanly)
+{
+	struct pdw w;
+
+	cr_assert_eq(pdw_connect(&w, "/tmp/pdr-no-such-router.sock"), -ENOENT);
+	cr_assert_eq(w.fd, -1);
+	pdw_close(&w);
+}
