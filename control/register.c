@@ -8,6 +8,24 @@
 
 #include "register.h"
 
+/* Workers write the protocol's names for the registry's terms: they must be the same numbers. */
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(PDW_PREFILL, RT_PREFILL) && SAME(PDW_DECODE, RT_DECODE) &&
+		       SAME(PDW_AGGREGATED, RT_AGGREGATED),
+	       "worker types");
+_Static_assert(SAME(PDW_MODEL_CHAT, RT_MODEL_CHAT) &&
+		       SAME(PDW_MODEL_COMPLETIONS, RT_MODEL_COMPLETIONS) &&
+		       SAME(PDW_MODEL_EMPTY, RT_MODEL_EMPTY),
+	       "model types");
+_Static_assert(SAME(PDW_NEEDS_PREFILL, RT_NEEDS_PREFILL) &&
+		       SAME(PDW_NEEDS_DECODE, RT_NEEDS_DECODE),
+	       "needs");
+_Static_assert(SAME(PDW_TRANSFER_NONE, RT_TRANSFER_NONE) &&
+		       SAME(PDW_TRANSFER_PREFERRED, RT_TRANSFER_PREFERRED) &&
+		       SAME(PDW_TRANSFER_REQUIRED, RT_TRANSFER_REQUIRED),
+	       "transfer enforcement");
+#undef SAME
+
 struct in {
 	const unsigned char *p;
 	size_t left;

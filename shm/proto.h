@@ -22,6 +22,13 @@ enum pdw_msg_type {
 	PDW_REFUSED = 3,      /* router -> worker: struct pdw_refused + reason */
 };
 
+/* The registry's terms as a worker writes them (the router's dataplane/route.h agrees). */
+enum pdw_worker_type { PDW_PREFILL, PDW_DECODE, PDW_AGGREGATED };
+enum pdw_model_type { PDW_MODEL_CHAT, PDW_MODEL_COMPLETIONS, PDW_MODEL_EMPTY };
+enum pdw_enforcement { PDW_TRANSFER_NONE, PDW_TRANSFER_PREFERRED, PDW_TRANSFER_REQUIRED };
+#define PDW_NEEDS_PREFILL 1u /* a decode worker */
+#define PDW_NEEDS_DECODE 2u  /* a prefill worker */
+
 struct pdw_hdr {
 	uint32_t magic;
 	uint16_t version;
@@ -43,15 +50,15 @@ struct pdw_domain {
  * two strings.
  */
 struct pdw_register {
-	uint32_t worker_type; /* enum rt_worker_type */
-	uint32_t model_type;  /* enum rt_model_type */
-	uint32_t needs;	      /* RT_NEEDS_* */
+	uint32_t worker_type; /* enum pdw_worker_type */
+	uint32_t model_type;  /* enum pdw_model_type */
+	uint32_t needs;	      /* PDW_NEEDS_* */
 	uint32_t block_size;
 	uint64_t kv_capacity_blocks;
 	uint32_t max_batched_tokens;
 	uint32_t dp_rank_start;
 	uint32_t dp_ranks;
-	uint32_t transfer_enforcement; /* enum rt_enforcement */
+	uint32_t transfer_enforcement; /* enum pdw_enforcement */
 	double preferred_weight;
 	uint16_t model_len;
 	uint16_t endpoint_len;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -191,4 +192,34 @@ Test(pdworker, connecting_where_no_router_listens_fails_cleanly)
 	cr_assert_eq(pdw_connect(&w, "/tmp/pdr-no-such-router.sock"), -ENOENT);
 	cr_assert_eq(w.fd, -1);
 	pdw_close(&w);
+}
+
+static bool example_published(struct fx *f)
+{
+	int t = f->s.stats.registered ? rt_target_find(&f->t.rt, 0, 0) : -ENOENT;
+
+	return t >= 0 && pdx_target_blocks(&f->t.x, (uint32_t)t) == 4 * 8;
+}
+
+/* tools/example_worker, the SDK's tutorial, works as it says: registers, publishes 4 prompts
+ * of 8 blocks, keeps its lease, and leaves on SIGTERM. */
+Test(pdworker, example_worker_registers_publishes_and_leaves_on_sigterm)
+{
+	struct fx f;
+	pid_t pid;
+	int status;
+
+	fx_open(&f);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		execl(PD_EXAMPLE_WORKER, "example_worker", f.path, "m", (char *)NULL);
+		_exit(127);
+	}
+	cr_assert(serve_until(&f, example_published), "the example's blocks never arrived");
+	cr_assert_eq(kill(pid, SIGTERM), 0);
+	cr_assert(serve_until(&f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "example exit %d", status);
+	fx_close(&f);
 }
