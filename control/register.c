@@ -45,22 +45,27 @@ static int take(struct in *in, void *dst, size_t n)
 /* Take a string of @n wire bytes into @dst (room for RT_NAME_MAX + 1), NUL-terminated. */
 static int take_string(struct in *in, char *dst, uint16_t n, char *err, size_t errlen)
 {
+	if (n > in->left) /* a lie about the packet first: that one ends the connection */
+		return rt_refuse(err, errlen, -EBADMSG, "message shorter than its strings");
 	if (n > RT_NAME_MAX)
 		return rt_refuse(err, errlen, -EINVAL, "a name of %u bytes: at most %u", n,
 				 RT_NAME_MAX);
-	if (take(in, dst, n))
-		return rt_refuse(err, errlen, -EBADMSG, "message shorter than its strings");
+	take(in, dst, n);
 	dst[n] = '\0';
 	if (memchr(dst, '\0', n))
 		return rt_refuse(err, errlen, -EBADMSG, "a name holds a NUL byte");
 	return 0;
 }
 
-static int decode_header(struct in *in, size_t len, char *err, size_t errlen)
+static int decode_header(struct ctl_registration *r, struct in *in, size_t len, char *err,
+			 size_t errlen)
 {
 	struct pdw_hdr h;
 
-	if (take(in, &h, sizeof(h)) || h.magic != PDW_MAGIC)
+	if (take(in, &h, sizeof(h)))
+		return rt_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
+	r->seq = h.seq;
+	if (h.magic != PDW_MAGIC)
 		return rt_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
 	if (h.version != PDW_VERSION)
 		return rt_refuse(err, errlen, -EPROTONOSUPPORT,
@@ -101,7 +106,7 @@ int ctl_registration_decode(struct ctl_registration *r, const void *msg, size_t 
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	rc = decode_header(&in, len, err, errlen);
+	rc = decode_header(r, &in, len, err, errlen);
 	if (rc)
 		return rc;
 	if (take(&in, &w, sizeof(w)))

@@ -14,6 +14,7 @@
 /* A decoded registration: @spec points into the strings beside it. */
 struct ctl_registration {
 	struct rt_worker_spec spec;
+	uint32_t seq; /* the message's number, for the answer (set once the header was read) */
 	char model[RT_NAME_MAX + 1];
 	char endpoint[RT_NAME_MAX + 1];
 	char transfer[RT_NAME_MAX + 1];

@@ -185,8 +185,8 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 {
 	struct ctl_registration reg;
 	char err[256];
-	uint32_t seq = len >= sizeof(struct pdw_hdr) ? ((const struct pdw_hdr *)msg)->seq : 0;
 	int rc = ctl_registration_decode(&reg, msg, len, err, sizeof(err));
+	uint32_t seq = reg.seq;
 
 	if (rc == -EBADMSG || rc == -EPROTONOSUPPORT) {
 		send_refused(c->fd, seq, rc, err);

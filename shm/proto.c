@@ -39,6 +39,11 @@ long pdw_register_encode(void *buf, size_t cap, const struct pdw_register_args *
 	struct pdw_hdr hdr = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_REGISTER,
 			      .seq = seq};
 
+	if (a->ndomains && (!a->domain_names || !a->domain_values))
+		return -EINVAL;
+	for (uint16_t i = 0; i < a->ndomains; i++)
+		if (!a->domain_names[i] || !a->domain_values[i])
+			return -EINVAL;
 	reg.model_len = wire_len(&o, a->model);
 	reg.endpoint_len = wire_len(&o, a->endpoint);
 	reg.transfer_len = wire_len(&o, a->transfer_domain);

@@ -96,8 +96,9 @@ struct pdw_register_args {
  * @cap: room in @buf.
  * @seq: the message number.
  *
- * Returns the message's length, or -E2BIG when a string is longer than 65,535 bytes or the
- * message would not fit @cap or PDW_MSG_MAX.
+ * Returns the message's length, -EINVAL when @a has domains without names or values, or
+ * -E2BIG when a string is longer than 65,535 bytes or the message would not fit @cap or
+ * PDW_MSG_MAX.
  */
 long pdw_register_encode(void *buf, size_t cap, const struct pdw_register_args *a, uint32_t seq);
 
