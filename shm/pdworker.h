@@ -30,6 +30,12 @@ struct pdw {
 	char reason[PDW_REASON_MAX]; /* why the router refused us, after -EPERM */
 };
 
+/* For bindings that cannot see the structure (Python's ctypes): its size, to allocate one,
+ * and the two fields they need. */
+size_t pdw_size(void);
+uint32_t pdw_worker_id(const struct pdw *w);
+const char *pdw_reason(const struct pdw *w);
+
 /**
  * pdw_connect - connect to the router's control socket at @path.
  *

@@ -15,6 +15,21 @@
 
 #define PDW_RANKS_MAX 64u
 
+size_t pdw_size(void)
+{
+	return sizeof(struct pdw);
+}
+
+uint32_t pdw_worker_id(const struct pdw *w)
+{
+	return w->worker;
+}
+
+const char *pdw_reason(const struct pdw *w)
+{
+	return w->reason;
+}
+
 int pdw_connect(struct pdw *w, const char *path)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};

@@ -223,3 +223,34 @@ Test(pdworker, example_worker_registers_publishes_and_leaves_on_sigterm)
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "example exit %d", status);
 	fx_close(&f);
 }
+
+/* shm/python/example_worker.py, through the ctypes binding and the shared libpdworker, does
+ * what the C example does. Skipped where there is no python3. */
+Test(pdworker, python_example_worker_registers_publishes_and_leaves_on_sigterm)
+{
+	char script[512];
+	struct fx f;
+	pid_t pid;
+	int status;
+
+	if (T_SANITIZED) /* python3 is not built with the sanitizer the library expects */
+		cr_skip_test("a sanitized libpdworker cannot load into python3");
+	if (system("command -v python3 >/dev/null 2>&1") != 0)
+		cr_skip_test("python3 is not installed");
+	snprintf(script, sizeof(script), "%s/example_worker.py", PD_PYTHON_DIR);
+	fx_open(&f);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		setenv("PDWORKER_LIB", PD_PDWORKER_LIB, 1);
+		setenv("PYTHONPATH", PD_PYTHON_DIR, 1);
+		execlp("python3", "python3", script, f.path, "m", (char *)NULL);
+		_exit(127);
+	}
+	cr_assert(serve_until(&f, example_published), "the Python example's blocks never arrived");
+	cr_assert_eq(kill(pid, SIGTERM), 0);
+	cr_assert(serve_until(&f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "example exit %d", status);
+	fx_close(&f);
+}

@@ -1,0 +1,162 @@
+"""pdworker: adapt a Python inference engine to pdrouter, with the standard library only.
+
+A thin ctypes layer over libpdworker (shm/pdworker.h): connect to the router's control
+socket, register, publish KV-cache events and load, keep the lease with heartbeats. Errors
+come back as OSError with the errno the C library returned; a refused registration raises
+RegistrationRefused with the router's reason.
+
+The shared library is found through the PDWORKER_LIB environment variable, else as
+"libpdworker.so.0" on the loader's path.
+"""
+
+import ctypes
+import errno
+import os
+
+PREFILL, DECODE, AGGREGATED = 0, 1, 2
+MODEL_CHAT, MODEL_COMPLETIONS, MODEL_EMPTY = 0, 1, 2
+NEEDS_PREFILL, NEEDS_DECODE = 1, 2
+TRANSFER_NONE, TRANSFER_PREFERRED, TRANSFER_REQUIRED = 0, 1, 2
+
+
+class _Register(ctypes.Structure):
+    """struct pdw_register (shm/proto.h); the C side fills the *_len and ndomains fields."""
+
+    _fields_ = [
+        ("worker_type", ctypes.c_uint32),
+        ("model_type", ctypes.c_uint32),
+        ("needs", ctypes.c_uint32),
+        ("block_size", ctypes.c_uint32),
+        ("kv_capacity_blocks", ctypes.c_uint64),
+        ("max_batched_tokens", ctypes.c_uint32),
+        ("dp_rank_start", ctypes.c_uint32),
+        ("dp_ranks", ctypes.c_uint32),
+        ("transfer_enforcement", ctypes.c_uint32),
+        ("preferred_weight", ctypes.c_double),
+        ("model_len", ctypes.c_uint16),
+        ("endpoint_len", ctypes.c_uint16),
+        ("transfer_len", ctypes.c_uint16),
+        ("ndomains", ctypes.c_uint16),
+    ]
+
+
+class _RegisterArgs(ctypes.Structure):
+    """struct pdw_register_args (shm/proto.h)."""
+
+    _fields_ = [
+        ("fixed", _Register),
+        ("model", ctypes.c_char_p),
+        ("endpoint", ctypes.c_char_p),
+        ("transfer_domain", ctypes.c_char_p),
+        ("domain_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("domain_values", ctypes.POINTER(ctypes.c_char_p)),
+        ("ndomains", ctypes.c_uint16),
+    ]
+
+
+assert ctypes.sizeof(_Register) == 56, "out of step with shm/proto.h"
+
+
+class RegistrationRefused(Exception):
+    """The router refused the registration; str() is its reason."""
+
+
+def _load():
+    lib = ctypes.CDLL(os.environ.get("PDWORKER_LIB", "libpdworker.so.0"), use_errno=False)
+    u32, u64, i32 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+    p, pu64, pu32 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(u32)
+    sig = {
+        "pdw_size": (ctypes.c_size_t, []),
+        "pdw_worker_id": (u32, [p]),
+        "pdw_reason": (ctypes.c_char_p, [p]),
+        "pdw_connect": (i32, [p, ctypes.c_char_p]),
+        "pdw_register": (i32, [p, ctypes.POINTER(_RegisterArgs), i32]),
+        "pdw_publish_stored": (i32, [p, u32, pu64, pu64, u32, pu64, pu32]),
+        "pdw_publish_removed": (i32, [p, u32, pu64, u32]),
+        "pdw_publish_cleared": (i32, [p, u32]),
+        "pdw_publish_load": (i32, [p, u32, u64, u64]),
+        "pdw_heartbeat": (None, [p]),
+        "pdw_close": (None, [p]),
+    }
+    for name, (res, args) in sig.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+def _check(rc, what):
+    if rc < 0:
+        raise OSError(-rc, "%s: %s" % (what, os.strerror(-rc)))
+
+
+def _u64s(values):
+    return (ctypes.c_uint64 * len(values))(*values)
+
+
+class Worker:
+    """One registration with a router; use it from one thread."""
+
+    def __init__(self, socket_path):
+        self._lib = _load()
+        self._w = ctypes.create_string_buffer(self._lib.pdw_size())
+        _check(self._lib.pdw_connect(self._w, socket_path.encode()), "connect")
+        self._block_size = 0
+
+    def register(self, model, worker_type=AGGREGATED, model_type=MODEL_CHAT, needs=0,
+                 block_size=16, kv_capacity_blocks=16384, max_batched_tokens=8192,
+                 dp_rank_start=0, dp_ranks=1, endpoint="generate", domains=None,
+                 transfer_domain=None, transfer_enforcement=TRANSFER_NONE,
+                 preferred_weight=0.0, timeout_ms=5000):
+        """Register; returns the router's worker id. Raises RegistrationRefused or OSError."""
+        domains = dict(domains or {})
+        names = (ctypes.c_char_p * max(len(domains), 1))(*[k.encode() for k in domains])
+        values = (ctypes.c_char_p * max(len(domains), 1))(*[v.encode() for v in domains.values()])
+        fixed = _Register(worker_type, model_type, needs, block_size, kv_capacity_blocks,
+                          max_batched_tokens, dp_rank_start, dp_ranks, transfer_enforcement,
+                          preferred_weight)
+        args = _RegisterArgs(fixed, model.encode(), endpoint.encode(),
+                             transfer_domain.encode() if transfer_domain else None,
+                             names, values, len(domains))
+        rc = self._lib.pdw_register(self._w, ctypes.byref(args), timeout_ms)
+        if rc == -errno.EPERM:
+            raise RegistrationRefused(self._lib.pdw_reason(self._w).decode(errors="replace"))
+        _check(rc, "register")
+        self._block_size = block_size
+        return self._lib.pdw_worker_id(self._w)
+
+    def stored(self, dp_rank, ext_ids, tokens=None, local_hashes=None, parent=None):
+        """STORED: blocks cached, given by token ids (len(ext_ids) * block_size of them) or by
+        local hashes. Raises OSError (ENOBUFS: the event ring is full, try again)."""
+        n = len(ext_ids)
+        par = ctypes.byref(ctypes.c_uint64(parent)) if parent is not None else None
+        loc = _u64s(local_hashes) if local_hashes is not None else None
+        tok = (ctypes.c_uint32 * len(tokens))(*tokens) if tokens is not None else None
+        if tok is not None and len(tokens) != n * self._block_size:
+            raise ValueError("tokens must hold %d ids" % (n * self._block_size))
+        _check(self._lib.pdw_publish_stored(self._w, dp_rank, par, _u64s(ext_ids), n, loc, tok),
+               "stored")
+
+    def removed(self, dp_rank, ext_ids):
+        _check(self._lib.pdw_publish_removed(self._w, dp_rank, _u64s(ext_ids), len(ext_ids)),
+               "removed")
+
+    def cleared(self, dp_rank):
+        _check(self._lib.pdw_publish_cleared(self._w, dp_rank), "cleared")
+
+    def load(self, dp_rank, used_blocks, prefill_tokens=0):
+        _check(self._lib.pdw_publish_load(self._w, dp_rank, used_blocks, prefill_tokens),
+               "load")
+
+    def heartbeat(self):
+        self._lib.pdw_heartbeat(self._w)
+
+    def close(self):
+        if self._w is not None:
+            self._lib.pdw_close(self._w)
+            self._w = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
