@@ -1,7 +1,7 @@
 /*
  * libpdworker: what an inference engine links to work behind pdrouter. Connect to the router's
  * control socket, register (and get a shared-memory mailbox), publish KV-cache events and load,
- * keep the lease with heartbeats. Requests and responses over the mailbox lanes come next.
+ * keep the lease with heartbeats, and serve requests over the mailbox lanes (shm/lanes.h).
  *
  * One struct pdw per worker process (or per engine instance); its calls are not thread-safe:
  * use it from one thread, or serialise. No call blocks except pdw_register() (it waits for the
@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lanes.h"
 #include "mailbox.h"
 #include "proto.h"
 
@@ -79,6 +80,49 @@ int pdw_publish_cleared(struct pdw *w, uint32_t dp_rank);
 /* LOAD: what DP rank @dp_rank has in use; feeds the router's busy thresholds. */
 int pdw_publish_load(struct pdw *w, uint32_t dp_rank, uint64_t used_blocks,
 		     uint64_t prefill_tokens);
+
+/* A request (or a cancel) from the router, as pdw_poll() hands it over. */
+struct pdw_request {
+	uint32_t lane;	 /* answer on this lane */
+	bool cancel;	 /* a CANCEL: stop @request_id; nothing else is set */
+	struct shm_lane_request req;
+	const uint32_t *tokens; /* req.ntokens prompt tokens, in the mailbox until pdw_done_with() */
+	const uint8_t *params;	/* req.nparams bytes (decode mode) */
+};
+
+/**
+ * pdw_poll - the next request or cancel on any lane, without waiting.
+ *
+ * Returns 0 with @r filled (its tokens and params stay valid until pdw_done_with()), -EAGAIN
+ * when there is none (pdw_wait() sleeps until there is), or -EBADMSG when the router broke a
+ * lane (reconnect). Unknown record types are skipped.
+ */
+int pdw_poll(struct pdw *w, struct pdw_request *r);
+
+/* pdw_done_with - give the space of the request pdw_poll() returned back to the router. */
+void pdw_done_with(struct pdw *w, const struct pdw_request *r);
+
+/**
+ * pdw_wait - sleep until the router has something for us or @timeout_ns passes.
+ * Returns 0, -ETIMEDOUT or -EINTR.
+ */
+int pdw_wait(struct pdw *w, uint64_t timeout_ns);
+
+/*
+ * Answers, on the request's lane. Each returns 0, -ENOBUFS when the lane is full (the router
+ * is behind: try again), -E2BIG/-EINVAL for counts out of range, -ENOTCONN before registering.
+ */
+/* Generated tokens (1 .. SHM_LANE_MAX_TOKENS_PER_RECORD of them). */
+int pdw_post_tokens(struct pdw *w, uint32_t lane, uint64_t request_id, const uint32_t *tokens,
+		    uint32_t n);
+/* Prefill mode: the first token and the KV-transfer params the decode worker will need. */
+int pdw_post_prefilled(struct pdw *w, uint32_t lane, uint64_t request_id, uint32_t first_token,
+		       const void *params, uint32_t nparams);
+/* The stream ended: @finish_reason 0 stop, 1 length. */
+int pdw_post_done(struct pdw *w, uint32_t lane, uint64_t request_id, uint32_t finish_reason);
+/* The request failed with -errno @error; @message (may be NULL) is cut to 256 bytes. */
+int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
+		   const char *message);
 
 /* Heartbeat: tell the router we are alive (call well within its lease, 3 s by default). */
 void pdw_heartbeat(struct pdw *w);

@@ -152,8 +152,9 @@ static int rank_slot(const struct pdw *w, uint32_t rank)
 	return (int)(rank - w->dp_rank_start);
 }
 
-/* Write one event record of @len bytes from the parts @p[0..n) and publish it. */
-static int post(struct pdw *w, uint16_t type, const void *const *p, const size_t *len, int n)
+/* Write one record into @ring from the parts @p[0..n) and publish it. */
+static int post_parts(struct shm_ring *ring, uint16_t type, const void *const *p,
+		      const size_t *len, int n)
 {
 	size_t total = 0;
 	unsigned char *dst;
@@ -161,20 +162,27 @@ static int post(struct pdw *w, uint16_t type, const void *const *p, const size_t
 
 	for (int i = 0; i < n; i++)
 		total += len[i];
-	if (total > shm_ring_max_payload(w->mbox.event.size))
+	if (total > shm_ring_max_payload(ring->size))
 		return -E2BIG;
-	dst = shm_ring_reserve(&w->mbox.event, type, 0, (uint32_t)total, &err);
+	dst = shm_ring_reserve(ring, type, 0, (uint32_t)total, &err);
 	if (!dst) {
-		shm_ring_publish(&w->mbox.event); /* a pad written to wrap must be seen */
+		shm_ring_publish(ring); /* a pad written to wrap must be seen */
 		return err;
 	}
 	for (int i = 0; i < n; i++) {
-		memcpy(dst, p[i], len[i]);
+		if (len[i])
+			memcpy(dst, p[i], len[i]);
 		dst += len[i];
 	}
-	shm_ring_commit(&w->mbox.event);
-	shm_ring_publish(&w->mbox.event);
+	shm_ring_commit(ring);
+	shm_ring_publish(ring);
 	return 0;
+}
+
+/* An event record on the event ring. */
+static int post(struct pdw *w, uint16_t type, const void *const *p, const size_t *len, int n)
+{
+	return post_parts(&w->mbox.event, type, p, len, n);
 }
 
 int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_ext,
@@ -245,6 +253,117 @@ int pdw_publish_load(struct pdw *w, uint32_t dp_rank, uint64_t used_blocks,
 	size_t len[1] = {sizeof(ev)};
 
 	return slot < 0 ? slot : post(w, SHM_EV_LOAD, parts, len, 1);
+}
+
+int pdw_poll(struct pdw *w, struct pdw_request *r)
+{
+	struct shm_lane_request_view v;
+	struct shm_rec rec;
+
+	if (!w->registered)
+		return -ENOTCONN;
+	for (uint32_t lane = 0; lane < w->mbox.cfg.lanes; lane++) {
+		struct shm_ring *ring = &w->mbox.req[lane];
+		int rc;
+
+		while ((rc = shm_ring_peek(ring, &rec)) == 0) {
+			memset(r, 0, sizeof(*r));
+			r->lane = lane;
+			if (rec.type == SHM_LANE_CANCEL) {
+				if (rec.len != sizeof(struct shm_lane_ref))
+					return -EBADMSG;
+				r->cancel = true;
+				memcpy(&r->req.request_id, rec.payload, 8);
+				return 0;
+			}
+			if (rec.type == SHM_LANE_REQUEST) {
+				if (shm_lane_check_request(rec.payload, rec.len, &v))
+					return -EBADMSG;
+				r->req = v.req;
+				r->tokens = v.tokens;
+				r->params = v.params;
+				return 0;
+			}
+			shm_ring_consume(ring); /* a newer router's record: skip it */
+		}
+		shm_ring_release(ring);
+		if (rc != -EAGAIN)
+			return rc;
+	}
+	return -EAGAIN;
+}
+
+void pdw_done_with(struct pdw *w, const struct pdw_request *r)
+{
+	struct shm_ring *ring = &w->mbox.req[r->lane];
+
+	shm_ring_consume(ring);
+	shm_ring_release(ring);
+}
+
+int pdw_wait(struct pdw *w, uint64_t timeout_ns)
+{
+	return shm_mbox_wait(&w->mbox, timeout_ns);
+}
+
+/* Write one answer on @lane from the parts @p[0..n) and publish it. */
+static int answer(struct pdw *w, uint32_t lane, uint16_t type, const void *const *p,
+		  const size_t *len, int n)
+{
+	if (!w->registered)
+		return -ENOTCONN;
+	if (lane >= w->mbox.cfg.lanes)
+		return -EINVAL;
+	return post_parts(&w->mbox.resp[lane], type, p, len, n);
+}
+
+int pdw_post_tokens(struct pdw *w, uint32_t lane, uint64_t request_id, const uint32_t *tokens,
+		    uint32_t n)
+{
+	struct shm_lane_tokens t = {.request_id = request_id, .n = n};
+	const void *parts[2] = {&t, tokens};
+	size_t len[2] = {sizeof(t), 4 * (size_t)n};
+
+	if (!n || n > SHM_LANE_MAX_TOKENS_PER_RECORD)
+		return -EINVAL;
+	return answer(w, lane, SHM_LANE_TOKENS, parts, len, 2);
+}
+
+int pdw_post_prefilled(struct pdw *w, uint32_t lane, uint64_t request_id, uint32_t first_token,
+		       const void *params, uint32_t nparams)
+{
+	struct shm_lane_prefilled f = {.request_id = request_id, .first_token = first_token,
+				       .nparams = nparams};
+	const void *parts[2] = {&f, params};
+	size_t len[2] = {sizeof(f), nparams};
+
+	if (nparams > SHM_LANE_MAX_PARAMS || (nparams && !params))
+		return -EINVAL;
+	return answer(w, lane, SHM_LANE_PREFILLED, parts, len, 2);
+}
+
+int pdw_post_done(struct pdw *w, uint32_t lane, uint64_t request_id, uint32_t finish_reason)
+{
+	struct shm_lane_done d = {.request_id = request_id, .finish_reason = finish_reason};
+	const void *parts[1] = {&d};
+	size_t len[1] = {sizeof(d)};
+
+	if (finish_reason > 1)
+		return -EINVAL;
+	return answer(w, lane, SHM_LANE_DONE, parts, len, 1);
+}
+
+int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
+		   const char *message)
+{
+	size_t n = message ? strnlen(message, SHM_LANE_MAX_ERROR) : 0;
+	struct shm_lane_error e = {.request_id = request_id, .error = error, .len = (uint32_t)n};
+	const void *parts[2] = {&e, message};
+	size_t len[2] = {sizeof(e), n};
+
+	if (error >= 0)
+		return -EINVAL;
+	return answer(w, lane, SHM_LANE_ERROR, parts, len, 2);
 }
 
 void pdw_heartbeat(struct pdw *w)
