@@ -132,8 +132,8 @@ static void stage_policy(const struct rt_core *c, const struct rt_request *rq, e
 /* Block size the serving (decode and aggregated) pools share; 0 when both are empty. */
 static uint32_t serving_block_size(const struct rt_model *md)
 {
-	return md->pool[RT_DECODE].n ? md->pool[RT_DECODE].block_size
-				     : md->pool[RT_AGGREGATED].block_size;
+	return rt_pool_size(&md->pool[RT_DECODE]) ? rt_pool_block_size(&md->pool[RT_DECODE])
+						  : rt_pool_block_size(&md->pool[RT_AGGREGATED]);
 }
 
 /* Validate @rq and start a new request's scratch: returns its model or a negative errno. */
@@ -141,8 +141,14 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 			 const struct rt_model **md)
 {
 	struct rt_policy p = c->rt->cfg.policy;
+	_Atomic uint64_t *decision = &c->share.decision;
 
-	if (rq->model >= c->rt->nmodels)
+	/* Our own counter (relaxed load): odd from here until finish(). */
+	atomic_store_explicit(decision, atomic_load_explicit(decision, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+	/* F5: say we decide before reading any pool; pairs with F6 in note_departure(). */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (rq->model >= atomic_load_explicit(&c->rt->nmodels, memory_order_acquire)) /* A7 */
 		return -ENOENT;
 	policy_override(&p, &rq->ov);
 	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&p))
@@ -166,13 +172,14 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	};
 
 	stage_policy(c, rq, stage, &in.pol);
-	in.block_size = stage == RT_STAGE_PREFILL ? md->pool[RT_PREFILL].block_size
+	in.block_size = stage == RT_STAGE_PREFILL ? rt_pool_block_size(&md->pool[RT_PREFILL])
 						  : serving_block_size(md);
 	in.inv_block_size = in.block_size ? 1.0 / in.block_size : 0.0;
 	in.filtering = in.pin != RT_NO_PIN || c->rt->cfg.busy_kv_fraction > 0.0 ||
 		       c->rt->cfg.busy_prefill_tokens ||
 		       (prefill && prefill->rule.enforcement != RT_TRANSFER_NONE) ||
-		       (stage == RT_STAGE_PREFILL && c->rt->required_rules);
+		       (stage == RT_STAGE_PREFILL &&
+			atomic_load_explicit(&c->rt->required_rules, memory_order_relaxed));
 	memset(out, 0, sizeof(*out));
 	if (!in.block_size || rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks) {
 		int rc = in.block_size ? -E2BIG : -ENODEV; /* no pool, or a prompt too long */
@@ -189,6 +196,11 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 /* Count the final outcome of an API call; a peek puts the random source back. */
 static int finish(struct rt_core *c, const struct rt_request *rq, uint64_t rng, int rc)
 {
+	_Atomic uint64_t *decision = &c->share.decision;
+
+	/* R6: the decision's reads are done (even again); pairs with A6 in grace_over(). */
+	atomic_store_explicit(decision, atomic_load_explicit(decision, memory_order_relaxed) + 1,
+			      memory_order_release);
 	if (rq->peek) {
 		c->rng = rng;
 		rt_core_add(c, RT_STAT(peeks), 1);
@@ -260,7 +272,7 @@ int rt_route(struct rt_core *c, const struct rt_request *rq, struct rt_plan *pla
 	if (rt_disagg_active(c->rt, rq->model)) {
 		plan->kind = RT_PLAN_DISAGG;
 		rc = route_disagg(c, rq, md, plan);
-	} else if (md->pool[RT_DECODE].n) { /* decode workers that need a prefill stage */
+	} else if (rt_pool_size(&md->pool[RT_DECODE])) { /* decode workers needing prefill */
 		rc = fallback(c, rq, md, -ENODEV, plan);
 	} else {
 		plan->kind = RT_PLAN_AGGREGATED;
@@ -283,7 +295,8 @@ int rt_route_decode(struct rt_core *c, const struct rt_request *rq, uint16_t pre
 	if (prefill >= c->rt->cfg.max_targets)
 		return finish(c, rq, rng, -ENOENT);
 	p = &c->rt->target[prefill];
-	if (p->state != RT_TARGET_LIVE || p->model != rq->model || p->type != RT_PREFILL)
+	if (atomic_load_explicit(&p->state, memory_order_relaxed) != RT_TARGET_LIVE ||
+	    p->model != rq->model || p->type != RT_PREFILL)
 		return finish(c, rq, rng, -ENOENT);
 	rc = stage_run(c, rq, md, RT_STAGE_DECODE, p, out);
 	return finish(c, rq, rng, rc);

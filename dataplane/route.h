@@ -245,7 +245,9 @@ void rt_router_destroy(struct rt_router *rt);
  * -EINVAL: an invalid field, including a block size that differs from its pool's (@err says);
  * -ENOSPC: no free routing target, model slot or domain value left;
  * -ENOMEM.
- * Context: control thread, while no core routes (snapshots for concurrent use come later).
+ * Context: control thread, while cores route: a new target is published to them whole, and
+ * a departed target's id is reused only after every core has finished the decision it was in
+ * and no load is recorded on it (route_pvt.h).
  */
 int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_spec *spec,
 		char *err, size_t errlen);
@@ -254,7 +256,8 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
  * rt_unregister - remove a worker: its targets leave their pool and the prefix index.
  *
  * A model's prefill stage deactivates when its last prefill target leaves. Load still in
- * flight on the targets stays counted until its handles are released or swept.
+ * flight on the targets stays counted until its handles are released or swept, and the ids
+ * are not handed out again before that.
  * Returns 0, -ENOENT for an unknown worker, or -ENOMEM when the index could not drop every
  * block (the worker is gone from the pools; its target ids stay reserved until
  * rt_unregister() of the same worker succeeds).
@@ -272,7 +275,7 @@ int rt_unregister(struct rt_router *rt, uint32_t worker);
 int rt_report_load(struct rt_router *rt, uint32_t worker, uint32_t dp_rank,
 		   uint64_t used_blocks, uint64_t prefill_tokens);
 
-/* Id of model @name for rt_request.model, or -ENOENT. Context: any thread not registering. */
+/* Id of model @name for rt_request.model, or -ENOENT. Context: any thread. */
 int rt_model_find(const struct rt_router *rt, const char *name, size_t len);
 
 /* Target of (@worker, @dp_rank), for pins and tests, or -ENOENT. */

@@ -2,9 +2,12 @@
  * @internal Routing policy internals; include route.h, never this file.
  *
  * Who writes what:
- * - struct rt_router (registry): the control thread, while no core routes. Issue 4 puts it
- *   behind RCU snapshots; until then registration and routing must not overlap. The one
- *   exception is the worker-reported load in struct rt_target, stored relaxed while cores read.
+ * - struct rt_router (registry): the control thread, while cores route. Cores read the pools
+ *   (published entry by entry, R5/A5), the model count (R7/A7), and the fields of the targets
+ *   they find there. A target's fields change only while it is in no pool and no core can
+ *   still be reading it: a target leaving its pool is reused only after every core has
+ *   finished the decision it was in (F5/F6, R6/A6: quiescent-state reclamation, with a
+ *   decision as the critical section), and only once no load is recorded on it.
  * - struct rt_share (predicted load of one core): that core alone. Other cores read its
  *   per-target counters relaxed to sum a target's load, so no cache line is written by two
  *   cores per request; a block in flight from two cores on one target counts twice (dedup is
@@ -38,8 +41,8 @@ struct rt_target {
 	uint32_t worker;
 	uint32_t dp_rank;
 	uint16_t model;
-	uint8_t type;	/* enum rt_worker_type */
-	uint8_t state;	/* enum rt_target_state */
+	uint8_t type;		 /* enum rt_worker_type */
+	_Atomic uint8_t state;	 /* enum rt_target_state; cores read it relaxed (a hint) */
 	uint32_t block_size;
 	uint64_t kv_capacity_blocks;
 	uint16_t domain[RT_DOMAIN_KEYS]; /* value id per domain key; 0: not given */
@@ -59,10 +62,28 @@ struct rt_worker {
 };
 
 struct rt_pool {
-	uint16_t *targets; /* room for max_targets */
-	uint32_t n;
-	uint32_t block_size; /* of its first target; 0 while empty */
+	_Atomic(uint16_t) *targets; /* room for max_targets; writer: control thread */
+	_Atomic uint32_t n;
+	_Atomic uint32_t block_size; /* of its first target; 0 while empty */
 };
+
+/* A5: the pool's size, and with it the entries and fields published before; pairs with R5. */
+static inline uint32_t rt_pool_size(const struct rt_pool *p)
+{
+	return atomic_load_explicit(&p->n, memory_order_acquire);
+}
+
+/* A5: entry @i, and the fields of its target; pairs with R5 in pool_add()/pool_remove(). */
+static inline uint16_t rt_pool_target(const struct rt_pool *p, uint32_t i)
+{
+	return atomic_load_explicit(&p->targets[i], memory_order_acquire);
+}
+
+static inline uint32_t rt_pool_block_size(const struct rt_pool *p)
+{
+	/* Relaxed: set with the pool's first target, which R5 publishes. */
+	return atomic_load_explicit(&p->block_size, memory_order_relaxed);
+}
 
 struct rt_model {
 	char *name;
@@ -73,14 +94,15 @@ struct rt_model {
 struct rt_router {
 	struct rt_config cfg;
 	struct pdx *index;
-	struct rt_rule rule;	 /* the global transfer rule */
-	uint32_t required_rules; /* live targets whose own rule is required */
+	struct rt_rule rule;		   /* the global transfer rule */
+	_Atomic uint32_t required_rules; /* live targets whose rule is required; relaxed hint */
 	struct rt_target *target;
 	uint32_t target_cursor; /* next id to try: ids are reused as late as possible */
 	struct rt_worker *worker;
 	uint32_t nworkers;
-	struct rt_model *model;
-	uint32_t nmodels;
+	struct rt_model *model; /* [max_models], never moves */
+	_Atomic uint32_t nmodels; /* R7/A7: a model's fields before the count that shows it */
+	uint64_t *gone_seq;	  /* [max_targets][cores]: each core's decision when it left */
 	char *domain_key[RT_DOMAIN_KEYS];
 	uint32_t ndomain_keys;
 	char **domain_value; /* [RT_DOMAIN_VALUES], id i + 1 */
@@ -129,6 +151,9 @@ struct rt_inflight {
 struct rt_share {
 	struct rt_tload *tl; /* [max_targets] */
 	uint32_t core;	     /* index of the owning core, part of every handle */
+	/* Decisions begun and ended, times two: odd while deciding. Writer: the core; the control
+	 * thread reads it to know when a target that left its pool is no longer looked at. */
+	_Atomic uint64_t decision;
 	struct rt_active *map; /* huge pages: probed at random */
 	size_t map_bytes, sets_bytes;
 	uint32_t map_mask;

@@ -104,8 +104,10 @@ int rt_router_init(struct rt_router *rt, const struct rt_config *cfg, struct pdx
 	rt->model = calloc(rt->cfg.max_models, sizeof(*rt->model));
 	rt->domain_value = calloc(RT_DOMAIN_VALUES, sizeof(*rt->domain_value));
 	rt->domain_value_key = calloc(RT_DOMAIN_VALUES, 1);
+	rt->gone_seq = calloc((size_t)rt->cfg.max_targets * rt->cfg.cores, sizeof(uint64_t));
 	rc = -ENOMEM;
-	if (rt->target && rt->worker && rt->model && rt->domain_value && rt->domain_value_key)
+	if (rt->target && rt->worker && rt->model && rt->domain_value && rt->domain_value_key &&
+	    rt->gone_seq)
 		rc = rt_rule_resolve(rt, &rt->cfg.transfer, &rt->rule, NULL, 0);
 	rt->cfg.transfer.domain = NULL; /* resolved into rt->rule; the string stays the caller's */
 	if (rc)
@@ -128,6 +130,7 @@ void rt_router_destroy(struct rt_router *rt)
 		free(rt->domain_value[i]);
 	free(rt->domain_value);
 	free(rt->domain_value_key);
+	free(rt->gone_seq);
 	free(rt->model);
 	free(rt->worker);
 	free(rt->target);
@@ -136,7 +139,10 @@ void rt_router_destroy(struct rt_router *rt)
 
 int rt_model_find(const struct rt_router *rt, const char *name, size_t len)
 {
-	for (uint32_t m = 0; m < rt->nmodels; m++)
+	/* A7: see each model's name before its id; pairs with R7 in model_intern(). */
+	uint32_t n = atomic_load_explicit(&rt->nmodels, memory_order_acquire);
+
+	for (uint32_t m = 0; m < n; m++)
 		if (rt->model[m].len == len && memcmp(rt->model[m].name, name, len) == 0)
 			return (int)m;
 	return -ENOENT;
@@ -147,19 +153,20 @@ static int model_intern(struct rt_router *rt, const char *name)
 {
 	size_t len = strlen(name);
 	int m = rt_model_find(rt, name, len);
+	uint32_t n = atomic_load_explicit(&rt->nmodels, memory_order_relaxed); /* our own */
 	struct rt_model *md;
 
 	if (m >= 0)
 		return m;
-	if (rt->nmodels == rt->cfg.max_models)
+	if (n == rt->cfg.max_models)
 		return -ENOSPC;
-	md = &rt->model[rt->nmodels];
+	md = &rt->model[n];
 	md->name = strdup(name);
 	if (!md->name)
 		return -ENOMEM;
 	md->len = len;
 	for (int p = 0; p < RT_WORKER_TYPES; p++) {
-		md->pool[p].targets = calloc(rt->cfg.max_targets, sizeof(uint16_t));
+		md->pool[p].targets = calloc(rt->cfg.max_targets, sizeof(*md->pool[p].targets));
 		if (!md->pool[p].targets) {
 			for (int q = 0; q <= p; q++)
 				free(md->pool[q].targets);
@@ -168,7 +175,9 @@ static int model_intern(struct rt_router *rt, const char *name)
 			return -ENOMEM;
 		}
 	}
-	return (int)rt->nmodels++;
+	/* R7: the model's name and pools before the count that lets cores see it. */
+	atomic_store_explicit(&rt->nmodels, n + 1, memory_order_release);
+	return (int)n;
 }
 
 static struct rt_worker *worker_find(const struct rt_router *rt, uint32_t id)
@@ -203,11 +212,11 @@ bool rt_disagg_active(const struct rt_router *rt, uint32_t model)
 {
 	const struct rt_model *md;
 
-	if (model >= rt->nmodels)
+	if (model >= atomic_load_explicit(&rt->nmodels, memory_order_acquire)) /* A7 */
 		return false;
 	md = &rt->model[model];
-	return md->pool[RT_PREFILL].n > 0 &&
-	       md->pool[RT_DECODE].n + md->pool[RT_AGGREGATED].n > 0;
+	return rt_pool_size(&md->pool[RT_PREFILL]) > 0 &&
+	       rt_pool_size(&md->pool[RT_DECODE]) + rt_pool_size(&md->pool[RT_AGGREGATED]) > 0;
 }
 
 /* The needs and model type each worker type must register with (routing-semantics §5). */
@@ -284,15 +293,49 @@ static int pool_check(const struct rt_router *rt, int model, const struct rt_wor
 	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
 		const struct rt_pool *pool = &md->pool[p];
 
-		if ((p == RT_PREFILL) != (s->type == RT_PREFILL) || !pool->n ||
-		    pool->block_size == s->block_size)
+		if ((p == RT_PREFILL) != (s->type == RT_PREFILL) || !rt_pool_size(pool) ||
+		    rt_pool_block_size(pool) == s->block_size)
 			continue;
 		return rt_refuse(err, errlen, -EINVAL,
 			      "block size %u differs from the %u of the %s pool of model '%s'",
-			      s->block_size, pool->block_size,
+			      s->block_size, rt_pool_block_size(pool),
 			      p == RT_PREFILL ? "prefill" : "decode/aggregated", s->model);
 	}
 	return 0;
+}
+
+/*
+ * Has every core finished the decision it was in when target @t left its pool? Until then a
+ * core may still be reading @t's fields, so they must not change.
+ */
+static bool grace_over(const struct rt_router *rt, uint16_t t)
+{
+	const uint64_t *gone = &rt->gone_seq[(size_t)t * rt->cfg.cores];
+
+	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
+		/* A6: the core's reads of that decision are done; pairs with R6 in finish(). */
+		if ((gone[k] & 1) && rt->share[k] &&
+		    atomic_load_explicit(&rt->share[k]->decision, memory_order_acquire) == gone[k])
+			return false;
+	}
+	return true;
+}
+
+/* Note, for each core, the decision it is in as targets leave their pools (grace_over()). */
+static void note_departure(struct rt_router *rt, const uint16_t *ids, uint32_t n)
+{
+	/* F6: the pools' new contents before we look at the cores; pairs with F5 in
+	 * request_begin(): a core that began after this sees the target gone, and one that
+	 * began before shows an odd count here. */
+	atomic_thread_fence(memory_order_seq_cst);
+	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
+		uint64_t d = rt->share[k] ? atomic_load_explicit(&rt->share[k]->decision,
+								 memory_order_acquire)
+					  : 0;
+
+		for (uint32_t i = 0; i < n; i++)
+			rt->gone_seq[(size_t)ids[i] * rt->cfg.cores + k] = d;
+	}
 }
 
 /* Reserve @n free target ids into @ids, starting after the last id handed out. */
@@ -307,7 +350,10 @@ static int targets_reserve(struct rt_router *rt, uint32_t n, uint16_t *ids)
 
 		uint64_t blocks, prefill_tokens;
 
-		if (rt->target[t].state != RT_TARGET_FREE)
+		/* Relaxed: we are the state's writer. */
+		if (atomic_load_explicit(&rt->target[t].state, memory_order_relaxed) !=
+			RT_TARGET_FREE ||
+		    !grace_over(rt, (uint16_t)t))
 			continue;
 		/* An id whose last worker left with requests in flight keeps their load until
 		 * they end or are swept: a new worker must not inherit it. */
@@ -349,6 +395,8 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 	atomic_store_explicit(&tg->reported_prefill_tokens, 0, memory_order_relaxed);
 	return 0;
 }
+
+static void pool_add(struct rt_pool *p, uint16_t t);
 
 /* Every check of a registration that changes nothing; sets *model (-ENOENT: a new one). */
 static int register_check(const struct rt_router *rt, uint32_t worker,
@@ -441,27 +489,50 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 	*w = (struct rt_worker){.id = worker, .live = true, .ntargets = (uint16_t)spec->dp_ranks,
 				.targets = ids};
 	pool = &rt->model[model].pool[spec->type];
-	pool->block_size = spec->block_size;
+	/* Relaxed: a hint for filtering, counted before the targets are published. */
+	if (rt->target[ids[0]].rule.enforcement == RT_TRANSFER_REQUIRED)
+		atomic_store_explicit(&rt->required_rules,
+				      atomic_load_explicit(&rt->required_rules,
+							   memory_order_relaxed) + spec->dp_ranks,
+				      memory_order_relaxed);
+	atomic_store_explicit(&pool->block_size, spec->block_size, memory_order_relaxed);
 	for (uint32_t i = 0; i < spec->dp_ranks; i++) {
 		rt->target[ids[i]].model = (uint16_t)model;
-		rt->target[ids[i]].state = RT_TARGET_LIVE;
-		pool->targets[pool->n++] = ids[i];
+		atomic_store_explicit(&rt->target[ids[i]].state, RT_TARGET_LIVE,
+				      memory_order_relaxed);
+		pool_add(pool, ids[i]);
 	}
-	if (rt->target[ids[0]].rule.enforcement == RT_TRANSFER_REQUIRED)
-		rt->required_rules += spec->dp_ranks;
 	return 0;
 }
 
+/* Publish target @t in @p: its fields, written before, come with it. */
+static void pool_add(struct rt_pool *p, uint16_t t)
+{
+	uint32_t n = atomic_load_explicit(&p->n, memory_order_relaxed); /* we are its writer */
+
+	/* R5: the target's fields before the entry, the entry before the size; pairs with A5. */
+	atomic_store_explicit(&p->targets[n], t, memory_order_release);
+	atomic_store_explicit(&p->n, n + 1, memory_order_release);
+}
+
+/* Take @t out of @p: the last entry moves into its place. */
 static void pool_remove(struct rt_pool *p, uint16_t t)
 {
-	for (uint32_t i = 0; i < p->n; i++) {
-		if (p->targets[i] == t) {
-			p->targets[i] = p->targets[--p->n];
-			break;
-		}
+	uint32_t n = atomic_load_explicit(&p->n, memory_order_relaxed); /* we are its writer */
+
+	for (uint32_t i = 0; i < n; i++) {
+		if (atomic_load_explicit(&p->targets[i], memory_order_relaxed) != t)
+			continue;
+		/* R5, as in pool_add(). A core reading meanwhile sees the old entry or the
+		 * moved one, either a target whose fields are whole. */
+		atomic_store_explicit(&p->targets[i],
+				      atomic_load_explicit(&p->targets[n - 1], memory_order_relaxed),
+				      memory_order_release);
+		atomic_store_explicit(&p->n, --n, memory_order_release);
+		break;
 	}
-	if (!p->n)
-		p->block_size = 0;
+	if (!n)
+		atomic_store_explicit(&p->block_size, 0, memory_order_relaxed);
 }
 
 int rt_unregister(struct rt_router *rt, uint32_t worker)
@@ -475,20 +546,26 @@ int rt_unregister(struct rt_router *rt, uint32_t worker)
 		struct rt_target *tg = &rt->target[w->targets[i]];
 
 		pool_remove(&rt->model[tg->model].pool[tg->type], w->targets[i]);
-		rt->required_rules -= tg->rule.enforcement == RT_TRANSFER_REQUIRED;
-		tg->state = RT_TARGET_DRAINING;
+		if (tg->rule.enforcement == RT_TRANSFER_REQUIRED) /* relaxed: see rt_register() */
+			atomic_store_explicit(&rt->required_rules,
+					      atomic_load_explicit(&rt->required_rules,
+								   memory_order_relaxed) - 1,
+					      memory_order_relaxed);
+		atomic_store_explicit(&tg->state, RT_TARGET_DRAINING, memory_order_relaxed);
 	}
+	if (w->live)
+		note_departure(rt, w->targets, w->ntargets);
 	w->live = false;
 	w->draining = true;
 	for (uint16_t i = 0; i < w->ntargets; i++) {
 		struct rt_target *tg = &rt->target[w->targets[i]];
 
-		if (tg->state != RT_TARGET_DRAINING)
+		if (atomic_load_explicit(&tg->state, memory_order_relaxed) != RT_TARGET_DRAINING)
 			continue;
 		if (pdx_drop_target(rt->index, w->targets[i]) < 0)
 			rc = -ENOMEM;
 		else
-			tg->state = RT_TARGET_FREE;
+			atomic_store_explicit(&tg->state, RT_TARGET_FREE, memory_order_relaxed);
 	}
 	if (rc)
 		return rc;

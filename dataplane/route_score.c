@@ -101,15 +101,20 @@ static bool domain_has_decode(struct rt_core *c, const struct rt_stage_in *in,
 		if ((uint32_t)in->serve_pin >= c->rt->cfg.max_targets)
 			return false;
 		pinned = &c->rt->target[in->serve_pin];
-		return v && pinned->state == RT_TARGET_LIVE && pinned->model == t->model &&
+		return v &&
+		       atomic_load_explicit(&pinned->state, memory_order_relaxed) == RT_TARGET_LIVE &&
+		       pinned->model == t->model &&
 		       pinned->type != RT_PREFILL && pinned->domain[t->rule.key] == v;
 	}
 	if (!(c->has_decode_keys & 1u << t->rule.key)) {
 		memset(bits, 0, RT_DOMAIN_VALUES / 8);
 		for (int p = RT_DECODE; p <= RT_AGGREGATED; p++) {
-			for (uint32_t i = 0; i < in->md->pool[p].n; i++) {
+			const struct rt_pool *pool = &in->md->pool[p];
+			uint32_t n = rt_pool_size(pool);
+
+			for (uint32_t i = 0; i < n; i++) {
 				uint16_t dv =
-				    c->rt->target[in->md->pool[p].targets[i]].domain[t->rule.key];
+				    c->rt->target[rt_pool_target(pool, i)].domain[t->rule.key];
 
 				bits[dv / 64] |= 1ull << (dv % 64);
 			}
@@ -344,11 +349,13 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	scoring_init(c, rq, in, n, &sc);
 	for (int p = RT_PREFILL; p <= RT_AGGREGATED; p++) {
 		const struct rt_pool *pool = &in->md->pool[p];
+		uint32_t n;
 
 		if ((p == RT_PREFILL) != (in->stage == RT_STAGE_PREFILL))
 			continue;
-		for (uint32_t i = 0; i < pool->n; i++, ncand++) {
-			score(c, in, &sc, pool->targets[i], &cand[ncand]);
+		n = rt_pool_size(pool);
+		for (uint32_t i = 0; i < n && ncand < c->rt->cfg.max_targets; i++, ncand++) {
+			score(c, in, &sc, rt_pool_target(pool, i), &cand[ncand]);
 			if (cand[ncand].filter != RT_ELIGIBLE)
 				continue;
 			eligible++;

@@ -151,8 +151,8 @@ static inline int shm_lane_put_request(struct shm_ring *r, const struct shm_lane
 		return err;
 	memcpy(p, req, sizeof(*req));
 	memcpy(p + sizeof(*req), tokens, 4 * (size_t)req->ntokens);
-	memset(p + sizeof(*req) + 4 * (size_t)req->ntokens, 0,
-	       (size_t)(len - sizeof(*req) - req->nparams) - 4 * (size_t)req->ntokens);
+	if (req->ntokens & 1) /* an odd count leaves 4 bytes of padding before the params */
+		memset(p + sizeof(*req) + 4 * (size_t)req->ntokens, 0, 4);
 	if (req->nparams && params)
 		memcpy(p + len - req->nparams, params, req->nparams);
 	shm_ring_commit(r);
