@@ -77,7 +77,7 @@ struct shm_lane_done {
 /* ERROR: the request failed; then len bytes of message. */
 struct shm_lane_error {
 	uint64_t request_id;
-	int32_t error; /* a negative errno */
+	int32_t error; /* a negative errno, -4095 .. -1 */
 	uint32_t len;  /* 0 .. SHM_LANE_MAX_ERROR */
 };
 
@@ -211,7 +211,7 @@ static inline int shm_lane_check_answer(uint16_t type, const uint8_t *p, uint32_
 	case SHM_LANE_ERROR:
 		a->n = u.e.len;
 		a->value = (uint32_t)u.e.error;
-		return u.e.error < 0 && u.e.len <= SHM_LANE_MAX_ERROR &&
+		return u.e.error < 0 && u.e.error >= -4095 && u.e.len <= SHM_LANE_MAX_ERROR &&
 			       len == 16 + (uint64_t)u.e.len
 			   ? 0
 			   : -EBADMSG;

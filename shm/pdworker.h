@@ -93,9 +93,11 @@ struct pdw_request {
 /**
  * pdw_poll - the next request or cancel on any lane, without waiting.
  *
- * Returns 0 with @r filled (its tokens and params stay valid until pdw_done_with()), -EAGAIN
- * when there is none (pdw_wait() sleeps until there is), or -EBADMSG when the router broke a
- * lane (reconnect). Unknown record types are skipped.
+ * Returns 0 with @r filled (its tokens and params stay valid until pdw_done_with(), which
+ * must come before the next pdw_poll(): until then it returns the same record), -EAGAIN when
+ * there is none (pdw_wait() sleeps until there is), or -EBADMSG when the router broke a lane
+ * (reconnect). Unknown record types are skipped. The request's DP rank is the router's word:
+ * check it against your own ranks before indexing anything with it.
  */
 int pdw_poll(struct pdw *w, struct pdw_request *r);
 

@@ -361,7 +361,7 @@ int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
 	const void *parts[2] = {&e, message};
 	size_t len[2] = {sizeof(e), n};
 
-	if (error >= 0)
+	if (error >= 0 || error < -4095)
 		return -EINVAL;
 	return answer(w, lane, SHM_LANE_ERROR, parts, len, 2);
 }
