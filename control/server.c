@@ -235,6 +235,19 @@ static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_
 	}
 }
 
+/* The index lost some of @c's events: ask the worker to resend its whole cache. */
+static void ask_for_dump(struct ctl_server *s, struct ctl_conn *c)
+{
+	struct pdw_hdr h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_DUMP,
+			    .len = sizeof(h)};
+
+	/* Not sent (the socket is full): the flag stays, and the next round tries again. */
+	if (send(c->fd, &h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(h))
+		return;
+	c->kv.dump_wanted = false;
+	s->stats.dumps_requested++;
+}
+
 /*
  * Has the worker on @c let its lease lapse: no heartbeat in its mailbox for lease_ns, or, not
  * registered yet, no registration that long after connecting?
@@ -274,6 +287,8 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 			rc = read_messages(s, c, now_ns);
 		if (!rc && c->registered && ctl_kv_drain(&c->kv, s->cfg.kv_budget) == -EBADMSG)
 			rc = -EBADMSG;
+		if (!rc && c->registered && c->kv.dump_wanted)
+			ask_for_dump(s, c);
 		if (!rc && lease_lapsed(s, c, now_ns)) {
 			s->stats.leases_expired++;
 			drop(s, i);

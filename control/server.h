@@ -4,7 +4,8 @@
  * an allowed list; one connection per worker, and the connection is the lease: a hang-up, or no
  * heartbeat in the mailbox for lease_ns, and the worker is gone (its targets leave the pools
  * and its blocks the index). A registered worker gets its mailbox (shm/mailbox.h) over the
- * socket with SCM_RIGHTS, and its KV events are drained into the index on every round.
+ * socket with SCM_RIGHTS, and its KV events are drained into the index on every round; when
+ * they show a gap, the worker is sent DUMP to resend its whole cache.
  * Control thread; polled with poll(2), no thread of its own.
  */
 #ifndef PD_CONTROL_SERVER_H
@@ -41,6 +42,7 @@ struct ctl_server_stats {
 	uint64_t malformed;	 /* a message or event ring broke the protocol: disconnected */
 	uint64_t hangups;
 	uint64_t leases_expired;
+	uint64_t dumps_requested; /* DUMP sent: a worker's events had a gap or did not apply */
 };
 
 struct ctl_conn {

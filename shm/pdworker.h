@@ -126,6 +126,16 @@ int pdw_post_done(struct pdw *w, uint32_t lane, uint64_t request_id, uint32_t fi
 int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
 		   const char *message);
 
+/**
+ * pdw_control - read what the router sent on the control socket, without waiting.
+ *
+ * Returns PDW_WANTS_DUMP when the router asked for a dump of the cache (publish CLEARED, then
+ * STORED for every block you hold), 0 when there was nothing, -EPIPE when the router is gone
+ * (reconnect, register again and dump), or -EBADMSG for a message this library cannot read.
+ */
+#define PDW_WANTS_DUMP 1
+int pdw_control(struct pdw *w);
+
 /* Heartbeat: tell the router we are alive (call well within its lease, 3 s by default). */
 void pdw_heartbeat(struct pdw *w);
 

@@ -20,6 +20,8 @@ enum pdw_msg_type {
 	PDW_REGISTER = 1,     /* worker -> router: struct pdw_register + strings */
 	PDW_REGISTERED = 2,   /* router -> worker: struct pdw_registered, the mailbox fd attached */
 	PDW_REFUSED = 3,      /* router -> worker: struct pdw_refused + reason */
+	PDW_DUMP = 4,	      /* router -> worker, header only: our copy of your cache has a
+			       * hole (an event was lost); send CLEARED, then STORED for all of it */
 };
 
 /* The registry's terms as a worker writes them (the router's dataplane/route.h agrees). */

@@ -366,6 +366,29 @@ int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
 	return answer(w, lane, SHM_LANE_ERROR, parts, len, 2);
 }
 
+int pdw_control(struct pdw *w)
+{
+	unsigned char buf[512];
+	int wants = 0;
+
+	for (;;) {
+		struct pdw_hdr h;
+		ssize_t n = recv(w->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? wants : -EPIPE;
+		if (n == 0)
+			return -EPIPE;
+		if ((size_t)n < sizeof(h))
+			return -EBADMSG;
+		memcpy(&h, buf, sizeof(h));
+		if (h.magic != PDW_MAGIC || h.len != (uint32_t)n)
+			return -EBADMSG;
+		if (h.type == PDW_DUMP)
+			wants |= PDW_WANTS_DUMP;
+	}
+}
+
 void pdw_heartbeat(struct pdw *w)
 {
 	struct timespec ts;

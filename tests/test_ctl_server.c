@@ -16,6 +16,7 @@
 
 #include "events.h"
 #include "helpers.h"
+#include "pdworker.h"
 #include "proto.h"
 #include "route_fixture.h"
 #include "server.h"
@@ -298,4 +299,51 @@ Test(ctl_server, second_router_on_a_live_path_is_refused_and_a_stale_one_replace
 	unlink(f.path);
 	t_route_close(&f.t);
 	rmdir(f.dir);
+}
+
+/* Write a STORED of one block with event id @id into the worker's event ring. */
+static void stored_event(struct shm_mbox *w, uint64_t id, uint64_t ext)
+{
+	struct {
+		struct shm_ev_stored ev;
+		uint64_t ext, local;
+	} rec = {.ev = {.event_id = id, .nblocks = 1}, .ext = ext, .local = t_mix64(ext) | 1};
+	void *p;
+	int err;
+
+	p = shm_ring_reserve(&w->event, SHM_EV_STORED, 0, sizeof(rec), &err);
+	cr_assert_not_null(p);
+	memcpy(p, &rec, sizeof(rec));
+	shm_ring_commit(&w->event);
+	shm_ring_publish(&w->event);
+}
+
+/* A lost event (ids 1 then 3) leaves a hole in the index: the worker is asked for a dump,
+ * once, and libpdworker's pdw_control() reports it. */
+Test(ctl_server, a_gap_in_the_events_asks_the_worker_for_a_dump)
+{
+	struct shm_mbox w;
+	struct pdw sdk = {.fd = -1};
+	struct fx f;
+	uint16_t t;
+	int fd;
+
+	fx_open(&f, 0);
+	fd = worker_join(&f, &w, &t);
+	sdk.fd = fd;
+	stored_event(&w, 1, 100);
+	fx_poll(&f, 1);
+	cr_assert_eq(pdw_control(&sdk), 0, "no dump wanted yet");
+	stored_event(&w, 3, 200);
+	fx_poll(&f, 1);
+	cr_assert_eq(f.s.stats.dumps_requested, 1);
+	cr_assert_eq(pdw_control(&sdk), PDW_WANTS_DUMP);
+	fx_poll(&f, 1);
+	cr_assert_eq(f.s.stats.dumps_requested, 1, "asked twice for one gap");
+	cr_assert_eq(pdw_control(&sdk), 0);
+	cr_assert_eq(pdx_target_blocks(&f.t.x, t), 2, "the event after the gap still applies");
+	shm_mbox_close(&w);
+	close(fd);
+	cr_assert_eq(pdw_control(&sdk), -EPIPE, "a closed socket is a gone router");
+	fx_close(&f);
 }
