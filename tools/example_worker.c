@@ -80,6 +80,15 @@ int main(int argc, char **argv)
 	signal(SIGTERM, on_signal);
 	while (!stop) { /* the lease: a heartbeat well within the router's 3 s */
 		pdw_heartbeat(&w);
+		rc = pdw_control(&w);
+		if (rc == PDW_WANTS_DUMP) { /* the router lost an event: resend the cache */
+			pdw_publish_cleared(&w, 0);
+			for (uint32_t p = 0; p < PROMPTS; p++)
+				publish_prompt(&w, p);
+		} else if (rc < 0) {
+			fprintf(stderr, "example_worker: the router is gone: %s\n", strerror(-rc));
+			break;
+		}
 		sleep(1);
 	}
 	pdw_close(&w); /* the router drops our blocks */

@@ -11,6 +11,12 @@ import pdworker
 BLOCK_SIZE, PROMPTS, BLOCKS = 16, 4, 8
 
 
+def publish_cache(w):
+    for p in range(PROMPTS):
+        tokens = [p * 1000 + i for i in range(BLOCKS * BLOCK_SIZE)]
+        w.stored(0, [p << 32 | b for b in range(BLOCKS)], tokens=tokens)
+
+
 def main(argv):
     if len(argv) < 2:
         print("usage: example_worker.py SOCKET [MODEL]", file=sys.stderr)
@@ -26,12 +32,13 @@ def main(argv):
             print("example_worker.py: refused: %s" % e, file=sys.stderr)
             return 1
         print("example_worker.py: registered as worker %d" % wid, flush=True)
-        for p in range(PROMPTS):
-            tokens = [p * 1000 + i for i in range(BLOCKS * BLOCK_SIZE)]
-            w.stored(0, [p << 32 | b for b in range(BLOCKS)], tokens=tokens)
+        publish_cache(w)
         w.load(0, PROMPTS * BLOCKS)
         while not stop:
             w.heartbeat()
+            if w.wants_dump():  # the router lost an event: send the whole cache again
+                w.cleared(0)
+                publish_cache(w)
             time.sleep(0.2)
     return 0
 

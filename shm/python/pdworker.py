@@ -76,6 +76,7 @@ def _load():
         "pdw_publish_cleared": (i32, [p, u32]),
         "pdw_publish_load": (i32, [p, u32, u64, u64]),
         "pdw_heartbeat": (None, [p]),
+        "pdw_control": (i32, [p]),
         "pdw_close": (None, [p]),
     }
     for name, (res, args) in sig.items():
@@ -149,6 +150,13 @@ class Worker:
 
     def heartbeat(self):
         self._lib.pdw_heartbeat(self._w)
+
+    def wants_dump(self):
+        """True when the router asked for the whole cache again (send cleared(), then
+        stored() for every block held). Raises OSError (EPIPE) when the router is gone."""
+        rc = self._lib.pdw_control(self._w)
+        _check(rc, "control")
+        return bool(rc & 1)
 
     def close(self):
         if self._w is not None:
