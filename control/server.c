@@ -67,7 +67,9 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
 	if (!s->cfg.mbox.lanes)
 		s->cfg.mbox.lanes = rt->cfg.cores;
 	s->conns = calloc(s->cfg.max_conns, sizeof(*s->conns));
-	if (!s->conns)
+	s->draining = calloc(s->cfg.max_conns, sizeof(*s->draining));
+	s->buf = malloc(PDW_MSG_MAX);
+	if (!s->conns || !s->draining || !s->buf)
 		goto out;
 	strcpy(addr.sun_path, cfg->path);
 	rc = clear_stale(&addr);
@@ -129,14 +131,27 @@ static void drop(struct ctl_server *s, uint32_t i)
 	struct ctl_conn *c = &s->conns[i];
 
 	if (c->registered) {
-		/* -ENOMEM keeps the ids reserved until a later unregister of the same worker
-		 * succeeds (route.h); the pools are left at once either way. */
-		rt_unregister(s->rt, c->worker);
+		/* The pools are left at once; -ENOMEM keeps the worker's ids reserved and its
+		 * blocks in the index until a retry succeeds (retry_draining()). */
+		if (rt_unregister(s->rt, c->worker) && s->ndraining < s->cfg.max_conns)
+			s->draining[s->ndraining++] = c->worker;
 		ctl_kv_destroy(&c->kv);
 		shm_mbox_close(&c->mbox);
 	}
 	close(c->fd);
 	s->conns[i] = s->conns[--s->nconns];
+	if (i < s->nconns && s->conns[i].registered) /* the moved slot's intake reads its ring */
+		s->conns[i].kv.ring = &s->conns[i].mbox.event;
+}
+
+/* Try again to forget the workers whose departure ran out of memory. */
+static void retry_draining(struct ctl_server *s)
+{
+	for (uint32_t i = s->ndraining; i-- > 0;) {
+		s->stats.unregister_retries++;
+		if (rt_unregister(s->rt, s->draining[i]) != -ENOMEM)
+			s->draining[i] = s->draining[--s->ndraining];
+	}
 }
 
 static void send_refused(int fd, uint32_t seq, int error, const char *reason)
@@ -171,12 +186,14 @@ static int send_registered(struct ctl_conn *c, uint32_t seq)
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
 			     .msg_controllen = sizeof(ctl.buf)};
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
 
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &c->mbox.fd, sizeof(int));
-	return sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof(m) ? 0 : -errno;
+	n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return n == (ssize_t)sizeof(m) ? 0 : n < 0 ? -errno : -EMSGSIZE;
 }
 
 /* A REGISTER from connection @c: register, make its mailbox, answer. -EBADMSG: disconnect. */
@@ -195,7 +212,9 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 	if (!rc)
 		rc = rt_register(s->rt, s->next_worker, &reg.spec, err, sizeof(err));
 	if (!rc && (rc = shm_mbox_create(&c->mbox, &s->cfg.mbox, s->generation)) != 0) {
-		rt_unregister(s->rt, s->next_worker);
+		if (rt_unregister(s->rt, s->next_worker) && s->ndraining < s->cfg.max_conns)
+			s->draining[s->ndraining++] = s->next_worker;
+		s->next_worker++; /* the id was used: never twice */
 		strcpy(err, "could not create the mailbox");
 	}
 	if (rc) {
@@ -212,13 +231,14 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 	return send_registered(c, seq) ? -EBADMSG : 0;
 }
 
-/* Read every message waiting on connection @c; -EBADMSG or -EPIPE: drop it. */
+/*
+ * Read the messages waiting on connection @c, at most CTL_MSGS_PER_ROUND so that one worker
+ * cannot hold the control thread; -EBADMSG or -EPIPE: drop it.
+ */
 static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_ns)
 {
-	static unsigned char buf[PDW_MSG_MAX];
-
-	for (;;) {
-		struct iovec iov = {buf, sizeof(buf)};
+	for (uint32_t k = 0; k < CTL_MSGS_PER_ROUND; k++) {
+		struct iovec iov = {s->buf, PDW_MSG_MAX};
 		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
 		ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT);
 
@@ -228,11 +248,17 @@ static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_
 			return -EPIPE;
 		if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) /* over PDW_MSG_MAX, or an fd */
 			return -EBADMSG;
-		if (c->registered) /* a registered worker's messages are heartbeats for now */
+		if (c->registered) { /* a second REGISTER: say so; anything else is ignored */
+			if ((size_t)n >= sizeof(struct pdw_hdr) &&
+			    ((struct pdw_hdr *)s->buf)->type == PDW_REGISTER)
+				send_refused(c->fd, ((struct pdw_hdr *)s->buf)->seq, -EISCONN,
+					     "this connection is registered already");
 			continue;
-		if (on_register(s, c, buf, (size_t)n, now_ns))
+		}
+		if (on_register(s, c, s->buf, (size_t)n, now_ns))
 			return -EBADMSG;
 	}
+	return 0;
 }
 
 /* The index lost some of @c's events: ask the worker to resend its whole cache. */
@@ -252,18 +278,20 @@ static void ask_for_dump(struct ctl_server *s, struct ctl_conn *c)
  * Has the worker on @c let its lease lapse: no heartbeat in its mailbox for lease_ns, or, not
  * registered yet, no registration that long after connecting?
  */
-static bool lease_lapsed(const struct ctl_server *s, const struct ctl_conn *c, uint64_t now_ns)
+static bool lease_lapsed(const struct ctl_server *s, struct ctl_conn *c, uint64_t now_ns)
 {
-	uint64_t last = c->since_ns;
-
 	if (c->registered) {
-		/* Relaxed: a liveness hint written by the worker; any recent value will do. */
+		/* Relaxed: a liveness hint written by the worker. Only whether it changed counts,
+		 * timed on our clock: a worker's own timestamps cannot buy it a longer lease. */
 		uint64_t beat = atomic_load_explicit(&c->mbox.hdr->worker_heartbeat_ns,
 						     memory_order_relaxed);
 
-		last = beat > last ? beat : last;
+		if (beat != c->beat) {
+			c->beat = beat;
+			c->since_ns = now_ns;
+		}
 	}
-	return now_ns > last && now_ns - last > s->cfg.lease_ns;
+	return now_ns > c->since_ns && now_ns - c->since_ns > s->cfg.lease_ns;
 }
 
 int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
@@ -278,6 +306,7 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 	ready = poll(pfd, 1 + n, timeout_ms);
 	if (ready < 0)
 		return errno == EINTR ? 0 : -errno;
+	retry_draining(s);
 	/* From the last connection down: drop() moves the last one into the hole. */
 	for (uint32_t i = n; i-- > 0;) {
 		struct ctl_conn *c = &s->conns[i];
@@ -294,10 +323,12 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 			drop(s, i);
 			continue;
 		}
-		if (rc) {
-			*(rc == -EBADMSG ? &s->stats.malformed : &s->stats.hangups) += 1;
+		if (rc == -EBADMSG)
+			s->stats.malformed++;
+		else if (rc)
+			s->stats.hangups++;
+		if (rc)
 			drop(s, i);
-		}
 	}
 	if (pfd[0].revents & POLLIN)
 		accept_all(s, now_ns);
@@ -314,6 +345,10 @@ void ctl_server_close(struct ctl_server *s)
 		unlink(s->cfg.path);
 	s->bound = false;
 	free(s->conns);
+	free(s->draining);
+	free(s->buf);
 	s->conns = NULL;
+	s->draining = NULL;
+	s->buf = NULL;
 	s->listen_fd = -1;
 }

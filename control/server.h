@@ -20,6 +20,7 @@
 #include "route.h"
 
 #define CTL_DEFAULT_LEASE_NS (3ull * 1000000000u)
+#define CTL_MSGS_PER_ROUND 64u /* messages read from one connection per round */
 #define CTL_ALLOWED_MAX 16u
 
 struct ctl_server_config {
@@ -43,15 +44,17 @@ struct ctl_server_stats {
 	uint64_t hangups;
 	uint64_t leases_expired;
 	uint64_t dumps_requested; /* DUMP sent: a worker's events had a gap or did not apply */
+	uint64_t unregister_retries; /* a departed worker's blocks could not be dropped yet */
 };
 
 struct ctl_conn {
 	int fd;
 	bool registered;
-	uint32_t worker; /* the router's id for it, once registered */
-	uint64_t since_ns; /* connected or registered at, for the lease */
+	uint32_t worker;   /* the router's id for it, once registered */
+	uint64_t since_ns; /* connected, registered, or heartbeat last seen to change: our clock */
+	uint64_t beat;	   /* the worker's heartbeat value last seen (its clock, only compared) */
 	struct shm_mbox mbox;
-	struct ctl_kv kv;
+	struct ctl_kv kv; /* its ring is mbox.event: re-pointed whenever the slot moves */
 };
 
 struct ctl_server {
@@ -64,6 +67,9 @@ struct ctl_server {
 	uint32_t nconns;
 	uint32_t next_worker; /* ids handed out in order; never reused while the router runs */
 	uint64_t generation;  /* of the next mailbox */
+	uint32_t *draining;   /* workers whose rt_unregister() ran out of memory: retried */
+	uint32_t ndraining;
+	unsigned char *buf;   /* one message: PDW_MSG_MAX bytes */
 	struct ctl_server_stats stats;
 };
 

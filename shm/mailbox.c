@@ -168,15 +168,18 @@ int shm_mbox_attach(struct shm_mbox *m, int fd)
 	int seals, rc;
 
 	memset(m, 0, sizeof(*m));
-	m->fd = fd;
+	m->fd = -1;
 	m->worker = true;
 	if (fstat(fd, &st))
 		return -errno;
+	m->fd = fd;
 	seals = fcntl(fd, F_GET_SEALS);
 	/* Unsealed, the other side could shrink the file and fault us on a later access. */
 	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) ||
-	    st.st_size < (off_t)SHM_MBOX_HEADER_BYTES)
+	    st.st_size < (off_t)SHM_MBOX_HEADER_BYTES) {
+		m->fd = -1;
 		return -EBADMSG;
+	}
 	m->bytes = (size_t)st.st_size;
 	rc = map(m);
 	if (!rc)
@@ -187,6 +190,7 @@ int shm_mbox_attach(struct shm_mbox *m, int fd)
 		if (m->base)
 			munmap(m->base, m->bytes);
 		m->base = NULL;
+		m->fd = -1; /* still the caller's: shm_mbox_close() must not close it */
 	}
 	return rc;
 }

@@ -51,6 +51,7 @@ int pdw_connect(struct pdw *w, const char *path);
  *
  * Returns 0, -EPERM when the router refused (w->reason says why: print it), -ETIMEDOUT,
  * -EBADMSG for an answer that is not a valid reply, -E2BIG when @a does not fit a message,
+ * -EISCONN when @w is registered already,
  * -EINVAL when @a has more than 64 DP ranks, or the negative errno of the socket calls or of
  * shm_mbox_attach().
  */
@@ -106,7 +107,7 @@ void pdw_done_with(struct pdw *w, const struct pdw_request *r);
 
 /**
  * pdw_wait - sleep until the router has something for us or @timeout_ns passes.
- * Returns 0, -ETIMEDOUT or -EINTR.
+ * Returns 0, -ETIMEDOUT, -EINTR, or -ENOTCONN before registering.
  */
 int pdw_wait(struct pdw *w, uint64_t timeout_ns);
 

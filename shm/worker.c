@@ -53,6 +53,32 @@ int pdw_connect(struct pdw *w, const char *path)
 	return 0;
 }
 
+/* The one descriptor a message carried: -1 for none, -EBADMSG for more (all closed). */
+static int take_fd(struct msghdr *msg)
+{
+	int fd = -1, got = 0;
+
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int one;
+
+			memcpy(&one, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			if (got++)
+				close(one);
+			else
+				fd = one;
+		}
+	}
+	if (got > 1 || (msg->msg_flags & MSG_CTRUNC)) {
+		if (fd >= 0)
+			close(fd);
+		return -EBADMSG;
+	}
+	return fd;
+}
+
 /* The router's answer to message @seq: REGISTERED with a mailbox, or REFUSED with a reason. */
 static int read_answer(struct pdw *w, uint32_t seq, int timeout_ms)
 {
@@ -65,7 +91,6 @@ static int read_answer(struct pdw *w, uint32_t seq, int timeout_ms)
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c,
 			     .msg_controllen = sizeof(ctl.c)};
 	struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-	struct cmsghdr *cm;
 	struct pdw_hdr h;
 	int mfd = -1, rc = poll(&pfd, 1, timeout_ms);
 	ssize_t n;
@@ -75,10 +100,8 @@ static int read_answer(struct pdw *w, uint32_t seq, int timeout_ms)
 	n = recvmsg(w->fd, &msg, MSG_CMSG_CLOEXEC);
 	if (n < 0)
 		return -errno;
-	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-			memcpy(&mfd, CMSG_DATA(cm), sizeof(int));
-	if ((size_t)n < sizeof(h))
+	mfd = take_fd(&msg);
+	if ((size_t)n < sizeof(h) || mfd == -EBADMSG)
 		goto bad;
 	memcpy(&h, buf, sizeof(h));
 	if (h.magic != PDW_MAGIC || h.len != (uint32_t)n || h.seq != seq)
@@ -122,6 +145,8 @@ int pdw_register(struct pdw *w, const struct pdw_register_args *a, int timeout_m
 	long n;
 	int rc;
 
+	if (w->registered)
+		return -EISCONN;
 	if (a->fixed.dp_ranks > PDW_RANKS_MAX)
 		return -EINVAL;
 	n = pdw_register_encode(buf, sizeof(buf), a, seq);
@@ -200,7 +225,7 @@ int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_e
 
 	if (slot < 0)
 		return slot;
-	if (!n || n > SHM_EV_MAX_BLOCKS || (!local && !tokens))
+	if (!n || n > SHM_EV_MAX_BLOCKS || !ext_ids || (!local && !tokens))
 		return -EINVAL;
 	ev.event_id = w->next_event_id[slot];
 	rc = post(w, SHM_EV_STORED, parts, len, 3);
@@ -218,7 +243,7 @@ int pdw_publish_removed(struct pdw *w, uint32_t dp_rank, const uint64_t *ext_ids
 
 	if (slot < 0)
 		return slot;
-	if (!n || n > SHM_EV_MAX_BLOCKS)
+	if (!n || n > SHM_EV_MAX_BLOCKS || !ext_ids)
 		return -EINVAL;
 	ev.event_id = w->next_event_id[slot];
 	rc = post(w, SHM_EV_REMOVED, parts, len, 2);
@@ -295,7 +320,11 @@ int pdw_poll(struct pdw *w, struct pdw_request *r)
 
 void pdw_done_with(struct pdw *w, const struct pdw_request *r)
 {
-	struct shm_ring *ring = &w->mbox.req[r->lane];
+	struct shm_ring *ring;
+
+	if (!w->registered || r->lane >= w->mbox.cfg.lanes)
+		return;
+	ring = &w->mbox.req[r->lane];
 
 	shm_ring_consume(ring);
 	shm_ring_release(ring);
@@ -303,7 +332,7 @@ void pdw_done_with(struct pdw *w, const struct pdw_request *r)
 
 int pdw_wait(struct pdw *w, uint64_t timeout_ns)
 {
-	return shm_mbox_wait(&w->mbox, timeout_ns);
+	return w->registered ? shm_mbox_wait(&w->mbox, timeout_ns) : -ENOTCONN;
 }
 
 /* Write one answer on @lane from the parts @p[0..n) and publish it. */

@@ -129,6 +129,8 @@ static int worker_join(struct fx *f, struct shm_mbox *w, uint16_t *target)
 
 TestSuite(ctl_server, .timeout = 30);
 
+static void stored_event(struct shm_mbox *w, uint64_t id, uint64_t ext);
+
 Test(ctl_server, worker_registers_and_receives_a_working_mailbox)
 {
 	struct shm_mbox w;
@@ -206,6 +208,8 @@ Test(ctl_server, kv_events_in_the_mailbox_reach_the_index_and_leave_with_the_wor
 	fx_close(&f);
 }
 
+/* Leases run on the router's clock: a heartbeat counts when the value changes, whatever it
+ * says, so a worker cannot buy time by writing a date in the future. */
 Test(ctl_server, lease_lapses_without_heartbeats_and_holds_with_them)
 {
 	struct shm_mbox w;
@@ -216,15 +220,86 @@ Test(ctl_server, lease_lapses_without_heartbeats_and_holds_with_them)
 	fx_open(&f, 5000);
 	fd = worker_join(&f, &w, &t);
 	f.now += 4000;
-	atomic_store_explicit(&w.hdr->worker_heartbeat_ns, f.now, memory_order_relaxed);
-	f.now += 4000; /* 8 us since registering, 4 since the heartbeat */
+	atomic_store_explicit(&w.hdr->worker_heartbeat_ns, 1, memory_order_relaxed);
+	fx_poll(&f, 1); /* seen at 4 us: the lease runs from here */
+	f.now += 4000;
 	fx_poll(&f, 1);
-	cr_assert_eq(f.s.nconns, 1, "dropped despite a heartbeat");
+	cr_assert_eq(f.s.nconns, 1, "dropped 4 us after a heartbeat, with a 5 us lease");
 	f.now += 2000;
 	fx_poll(&f, 1);
 	cr_assert_eq(f.s.nconns, 0, "kept with no heartbeat for 6 us of a 5 us lease");
 	cr_assert_eq(f.s.stats.leases_expired, 1);
 	cr_assert_eq(rt_target_find(&f.t.rt, 0, 0), -ENOENT);
+	shm_mbox_close(&w);
+	close(fd);
+	fx_close(&f);
+}
+
+Test(ctl_server, a_heartbeat_from_the_future_buys_no_time)
+{
+	struct shm_mbox w;
+	struct fx f;
+	uint16_t t;
+	int fd;
+
+	fx_open(&f, 5000);
+	fd = worker_join(&f, &w, &t);
+	atomic_store_explicit(&w.hdr->worker_heartbeat_ns, UINT64_MAX, memory_order_relaxed);
+	fx_poll(&f, 1);
+	f.now += 6000;
+	fx_poll(&f, 1);
+	cr_assert_eq(f.s.stats.leases_expired, 1);
+	shm_mbox_close(&w);
+	close(fd);
+	fx_close(&f);
+}
+
+/* A worker leaving moves the last connection into its slot; the moved worker's intake must
+ * follow its mailbox there, also when a newcomer takes the freed slot. */
+Test(ctl_server, workers_keep_their_event_rings_when_slots_move)
+{
+	struct shm_mbox a, b;
+	struct fx f;
+	uint16_t ta, tb;
+	int fa, fb, fc;
+
+	fx_open(&f, 0);
+	fa = worker_join(&f, &a, &ta);
+	fb = worker_join(&f, &b, &tb);
+	close(fa);
+	fx_poll(&f, 2);
+	cr_assert_eq(f.s.nconns, 1);
+	fc = worker_connect(&f); /* takes the slot b left */
+	fx_poll(&f, 2);
+	stored_event(&b, 1, 300);
+	fx_poll(&f, 2);
+	cr_assert_eq(pdx_target_blocks(&f.t.x, tb), 1, "b's event went astray");
+	shm_mbox_close(&a);
+	shm_mbox_close(&b);
+	close(fb);
+	close(fc);
+	fx_close(&f);
+}
+
+/* A REGISTER on a registered connection is answered, not ignored: REFUSED, -EISCONN. */
+Test(ctl_server, second_register_on_a_connection_is_refused)
+{
+	struct {
+		struct pdw_refused r;
+		char reason[256];
+	} body = {0};
+	struct shm_mbox w;
+	struct fx f;
+	uint16_t t;
+	int fd, mfd;
+
+	fx_open(&f, 0);
+	fd = worker_join(&f, &w, &t);
+	worker_register(fd, 16);
+	fx_poll(&f, 2);
+	cr_assert_eq(worker_reply(fd, &body, sizeof(body), &mfd), PDW_REFUSED);
+	cr_assert_eq(body.r.error, -EISCONN);
+	cr_assert_eq(f.s.stats.registered, 1);
 	shm_mbox_close(&w);
 	close(fd);
 	fx_close(&f);
