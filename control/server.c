@@ -54,9 +54,9 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
 	s->index = index;
 	s->generation = 1;
 	if (!cfg->path || strlen(cfg->path) >= sizeof(addr.sun_path) ||
-	    cfg->nallowed > CTL_ALLOWED_MAX)
+	    cfg->nallowed > CTL_ALLOWED_MAX || cfg->nallowed_gids > CTL_ALLOWED_MAX)
 		return -EINVAL;
-	if (!s->cfg.nallowed)
+	if (!s->cfg.nallowed && !s->cfg.nallowed_gids)
 		s->cfg.allowed_uids[s->cfg.nallowed++] = getuid();
 	if (!s->cfg.lease_ns)
 		s->cfg.lease_ns = CTL_DEFAULT_LEASE_NS;
@@ -101,6 +101,9 @@ static bool peer_allowed(const struct ctl_server *s, int fd)
 		return false;
 	for (uint32_t i = 0; i < s->cfg.nallowed; i++)
 		if (cred.uid == s->cfg.allowed_uids[i])
+			return true;
+	for (uint32_t i = 0; i < s->cfg.nallowed_gids; i++)
+		if (cred.gid == s->cfg.allowed_gids[i])
 			return true;
 	return false;
 }
@@ -318,6 +321,9 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 			rc = -EBADMSG;
 		if (!rc && c->registered && c->kv.dump_wanted)
 			ask_for_dump(s, c);
+		if (!rc && c->registered) /* relaxed: a liveness hint for the worker */
+			atomic_store_explicit(&c->mbox.hdr->router_heartbeat_ns, now_ns,
+					      memory_order_relaxed);
 		if (!rc && lease_lapsed(s, c, now_ns)) {
 			s->stats.leases_expired++;
 			drop(s, i);

@@ -1,7 +1,8 @@
 /*
  * The control socket: where workers connect, register and keep their lease. A Unix
  * SOCK_SEQPACKET socket (one message per packet), mode 0660, peers' credentials checked against
- * an allowed list; one connection per worker, and the connection is the lease: a hang-up, or no
+ * allowed uid and gid lists; one connection per worker, and the connection is the lease: a
+ * hang-up, or no
  * heartbeat in the mailbox for lease_ns, and the worker is gone (its targets leave the pools
  * and its blocks the index). A registered worker gets its mailbox (shm/mailbox.h) over the
  * socket with SCM_RIGHTS, and its KV events are drained into the index on every round; when
@@ -25,8 +26,10 @@
 
 struct ctl_server_config {
 	const char *path;		    /* the socket's path; a stale socket there is replaced */
-	uid_t allowed_uids[CTL_ALLOWED_MAX]; /* peers allowed in; none: the router's own uid */
+	uid_t allowed_uids[CTL_ALLOWED_MAX]; /* peers allowed in by uid... */
 	uint32_t nallowed;
+	gid_t allowed_gids[CTL_ALLOWED_MAX]; /* ...or by gid; neither list: the router's own uid */
+	uint32_t nallowed_gids;
 	uint64_t lease_ns;		    /* 0: CTL_DEFAULT_LEASE_NS */
 	uint32_t max_conns;		    /* 0 or over 256: 256 */
 	struct shm_mbox_config mbox;	    /* lanes 0: one per dataplane core of the router */

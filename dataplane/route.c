@@ -294,10 +294,10 @@ int rt_route_decode(struct rt_core *c, const struct rt_request *rq, uint16_t pre
 		return finish(c, rq, rng, rc);
 	if (prefill >= c->rt->cfg.max_targets)
 		return finish(c, rq, rng, -ENOENT);
-	p = &c->rt->target[prefill];
-	if (atomic_load_explicit(&p->state, memory_order_relaxed) != RT_TARGET_LIVE ||
-	    p->model != rq->model || p->type != RT_PREFILL)
+	/* Only a target still in the prefill pool: its id may be another worker's by now. */
+	if (!rt_pools_hold(md, RT_PREFILL, RT_PREFILL, prefill))
 		return finish(c, rq, rng, -ENOENT);
+	p = &c->rt->target[prefill];
 	rc = stage_run(c, rq, md, RT_STAGE_DECODE, p, out);
 	return finish(c, rq, rng, rc);
 }

@@ -42,7 +42,7 @@ struct rt_target {
 	uint32_t dp_rank;
 	uint16_t model;
 	uint8_t type;		 /* enum rt_worker_type */
-	_Atomic uint8_t state;	 /* enum rt_target_state; cores read it relaxed (a hint) */
+	_Atomic uint8_t state;	 /* enum rt_target_state; the control thread's bookkeeping */
 	uint32_t block_size;
 	uint64_t kv_capacity_blocks;
 	uint16_t domain[RT_DOMAIN_KEYS]; /* value id per domain key; 0: not given */
@@ -90,6 +90,23 @@ struct rt_model {
 	size_t len;
 	struct rt_pool pool[RT_WORKER_TYPES];
 };
+
+/*
+ * Is target @t in one of @md's pools [@lo, @hi] right now? A target found by id (a pin, the
+ * prefill target of an earlier plan) may be read only after this says yes: its fields were
+ * published with its entry (A5), and the current decision keeps them from changing (R6).
+ */
+static inline bool rt_pools_hold(const struct rt_model *md, int lo, int hi, int32_t t)
+{
+	for (int p = lo; p <= hi; p++) {
+		uint32_t n = rt_pool_size(&md->pool[p]);
+
+		for (uint32_t i = 0; i < n; i++)
+			if (rt_pool_target(&md->pool[p], i) == t)
+				return true;
+	}
+	return false;
+}
 
 struct rt_router {
 	struct rt_config cfg;

@@ -100,11 +100,10 @@ static bool domain_has_decode(struct rt_core *c, const struct rt_stage_in *in,
 	if (in->serve_pin != RT_NO_PIN) {
 		if ((uint32_t)in->serve_pin >= c->rt->cfg.max_targets)
 			return false;
+		if (!rt_pools_hold(in->md, RT_DECODE, RT_AGGREGATED, in->serve_pin))
+			return false; /* a pin to no serving target of the model */
 		pinned = &c->rt->target[in->serve_pin];
-		return v &&
-		       atomic_load_explicit(&pinned->state, memory_order_relaxed) == RT_TARGET_LIVE &&
-		       pinned->model == t->model &&
-		       pinned->type != RT_PREFILL && pinned->domain[t->rule.key] == v;
+		return v && pinned->domain[t->rule.key] == v;
 	}
 	if (!(c->has_decode_keys & 1u << t->rule.key)) {
 		memset(bits, 0, RT_DOMAIN_VALUES / 8);

@@ -25,6 +25,7 @@ struct pdw {
 	uint32_t seq;	  /* next message number */
 	uint32_t worker;  /* the router's id for us, once registered */
 	bool registered;
+	uint32_t next_lane; /* pdw_poll() starts there */
 	struct shm_mbox mbox;
 	uint64_t next_event_id[64]; /* per DP rank (ranks are relative to dp_rank_start) */
 	uint32_t dp_rank_start, dp_ranks, block_size;
@@ -51,7 +52,8 @@ int pdw_connect(struct pdw *w, const char *path);
  *
  * Returns 0, -EPERM when the router refused (w->reason says why: print it), -ETIMEDOUT,
  * -EBADMSG for an answer that is not a valid reply, -E2BIG when @a does not fit a message,
- * -EISCONN when @w is registered already,
+ * -EISCONN when @w is registered already, -ESTALE when the mailbox is not the one the reply
+ * names (generation),
  * -EINVAL when @a has more than 64 DP ranks, or the negative errno of the socket calls or of
  * shm_mbox_attach().
  */

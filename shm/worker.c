@@ -127,11 +127,17 @@ static int read_answer(struct pdw *w, uint32_t seq, int timeout_ms)
 
 		memcpy(&r, buf + sizeof(h), sizeof(r));
 		w->worker = r.worker;
+		rc = shm_mbox_attach(&w->mbox, mfd);
+		if (rc) {
+			close(mfd);
+			return rc;
+		}
+		if (w->mbox.generation != r.generation) { /* not the mailbox this reply names */
+			shm_mbox_close(&w->mbox);
+			return -ESTALE;
+		}
 	}
-	rc = shm_mbox_attach(&w->mbox, mfd);
-	if (rc)
-		close(mfd);
-	return rc;
+	return 0;
 bad:
 	if (mfd >= 0)
 		close(mfd);
@@ -287,13 +293,16 @@ int pdw_poll(struct pdw *w, struct pdw_request *r)
 
 	if (!w->registered)
 		return -ENOTCONN;
-	for (uint32_t lane = 0; lane < w->mbox.cfg.lanes; lane++) {
+	/* Round robin from the lane after the last one served: a busy lane starves no other. */
+	for (uint32_t k = 0; k < w->mbox.cfg.lanes; k++) {
+		uint32_t lane = (w->next_lane + k) % w->mbox.cfg.lanes;
 		struct shm_ring *ring = &w->mbox.req[lane];
 		int rc;
 
 		while ((rc = shm_ring_peek(ring, &rec)) == 0) {
 			memset(r, 0, sizeof(*r));
 			r->lane = lane;
+			w->next_lane = lane + 1;
 			if (rec.type == SHM_LANE_CANCEL) {
 				if (rec.len != sizeof(struct shm_lane_ref))
 					return -EBADMSG;

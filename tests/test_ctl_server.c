@@ -142,6 +142,9 @@ Test(ctl_server, worker_registers_and_receives_a_working_mailbox)
 	fd = worker_join(&f, &w, &t);
 	cr_assert_eq(f.s.stats.registered, 1);
 	cr_assert_eq(w.cfg.lanes, 1, "one lane per dataplane core of the router");
+	f.now += 77;
+	fx_poll(&f, 1);
+	cr_assert_eq(atomic_load(&w.hdr->router_heartbeat_ns), f.now, "the router beats too");
 	shm_mbox_close(&w);
 	close(fd);
 	fx_close(&f);
@@ -345,6 +348,28 @@ Test(ctl_server, peer_outside_the_allowed_uids_is_turned_away)
 	cr_assert_eq(f.s.stats.refused_peer, 1);
 	cr_assert_eq(f.s.nconns, 0);
 	cr_assert_eq(recv(fd, &b, 1, 0), 0);
+	close(fd);
+	fx_close(&f);
+}
+
+Test(ctl_server, peer_in_an_allowed_group_is_let_in)
+{
+	struct fx f;
+	int fd;
+
+	strcpy(f.dir, "/tmp/pdr-ctl-XXXXXX");
+	cr_assert_not_null(mkdtemp(f.dir));
+	snprintf(f.path, sizeof(f.path), "%s/control.sock", f.dir);
+	t_route_open(&f.t, NULL);
+	f.cfg = (struct ctl_server_config){.path = f.path, .nallowed = 1, .nallowed_gids = 1};
+	f.cfg.allowed_uids[0] = getuid() + 1;
+	f.cfg.allowed_gids[0] = getgid();
+	cr_assert_eq(ctl_server_open(&f.s, &f.cfg, &f.t.rt, &f.t.x), 0);
+	f.now = 1;
+	fd = worker_connect(&f);
+	fx_poll(&f, 1);
+	cr_assert_eq(f.s.stats.refused_peer, 0);
+	cr_assert_eq(f.s.nconns, 1);
 	close(fd);
 	fx_close(&f);
 }
