@@ -25,7 +25,6 @@ struct pdw {
 	uint32_t seq;	  /* next message number */
 	uint32_t worker;  /* the router's id for us, once registered */
 	bool registered;
-	uint32_t next_lane; /* pdw_poll() starts there */
 	struct shm_mbox mbox;
 	uint64_t next_event_id[64]; /* per DP rank (ranks are relative to dp_rank_start) */
 	uint32_t dp_rank_start, dp_ranks, block_size;

@@ -293,16 +293,13 @@ int pdw_poll(struct pdw *w, struct pdw_request *r)
 
 	if (!w->registered)
 		return -ENOTCONN;
-	/* Round robin from the lane after the last one served: a busy lane starves no other. */
-	for (uint32_t k = 0; k < w->mbox.cfg.lanes; k++) {
-		uint32_t lane = (w->next_lane + k) % w->mbox.cfg.lanes;
+	for (uint32_t lane = 0; lane < w->mbox.cfg.lanes; lane++) {
 		struct shm_ring *ring = &w->mbox.req[lane];
 		int rc;
 
 		while ((rc = shm_ring_peek(ring, &rec)) == 0) {
 			memset(r, 0, sizeof(*r));
 			r->lane = lane;
-			w->next_lane = lane + 1;
 			if (rec.type == SHM_LANE_CANCEL) {
 				if (rec.len != sizeof(struct shm_lane_ref))
 					return -EBADMSG;
