@@ -18,7 +18,7 @@ int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
 	int rc;
 
 	memset(c, 0, sizeof(*c));
-	if (index >= cfg->cores || rt->share[index])
+	if (index >= cfg->cores || rt_core_share(rt, index))
 		return -EINVAL;
 	c->rt = rt;
 	c->index = index;
@@ -45,14 +45,15 @@ int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
 		rt_core_destroy(c);
 		return -ENOMEM;
 	}
-	rt->share[index] = &c->share;
+	/* R8: the share's arrays before the pointer other threads find them by. */
+	atomic_store_explicit(&rt->share[index], &c->share, memory_order_release);
 	return 0;
 }
 
 void rt_core_destroy(struct rt_core *c)
 {
-	if (c->rt && c->rt->share[c->index] == &c->share)
-		c->rt->share[c->index] = NULL;
+	if (c->rt && rt_core_share(c->rt, c->index) == &c->share)
+		atomic_store_explicit(&c->rt->share[c->index], NULL, memory_order_relaxed);
 	if (c->reader)
 		pdx_reader_detach(c->reader);
 	rt_share_destroy(&c->share);

@@ -290,13 +290,14 @@ bool rt_disagg_active(const struct rt_router *rt, uint32_t model);
  *
  * Attaches a reader to the prefix index and allocates everything the core will need.
  * Returns 0, -EINVAL (bad or taken @index), -EBUSY (no index reader left) or -ENOMEM.
- * Context: any thread, before any core of @rt routes: every core reads every other core's
- * load counters, so all of them are set up first. The core then belongs to one thread.
+ * Context: any thread, also while other cores route and the control thread registers: the
+ * share is published whole (R8/A8). The core then belongs to one thread.
  */
 int rt_core_init(struct rt_core *core, struct rt_router *rt, uint32_t index);
 
 /* Detach from the index and free what the core holds; its in-flight load goes with it.
- * Context: once no core of the router routes any more. */
+ * Context: once no core routes and the control thread registers no more: both read every
+ * core's counters. */
 void rt_core_destroy(struct rt_core *core);
 
 /**

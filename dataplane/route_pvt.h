@@ -127,7 +127,7 @@ struct rt_router {
 	uint32_t ndomain_values;
 	/* Set by rt_core_init() before the core routes, read by every core to sum loads;
 	 * cores are all set up before routing starts and torn down after it stops. */
-	struct rt_share *share[RT_CORES_LIMIT];
+	_Atomic(struct rt_share *) share[RT_CORES_LIMIT]; /* R8/A8 in rt_core_share() */
 };
 
 /* A core's predicted load on one target. Writer: that core; readers: all cores, relaxed. */
@@ -256,12 +256,24 @@ struct rt_shares {
 	const struct rt_tload *tl[RT_CORES_LIMIT];
 };
 
+/*
+ * Core @k's share, or NULL before rt_core_init() of that core. A8: its arrays, set up before
+ * the pointer, come with it; pairs with R8 in rt_core_init(). A core is destroyed only once no
+ * thread routes or registers any more (route.h), so a share seen here stays valid.
+ */
+static inline struct rt_share *rt_core_share(const struct rt_router *rt, uint32_t k)
+{
+	return atomic_load_explicit(&((struct rt_router *)rt)->share[k], memory_order_acquire);
+}
+
 static inline void rt_shares_get(const struct rt_router *rt, struct rt_shares *sh)
 {
+	struct rt_share *share;
+
 	sh->n = 0;
 	for (uint32_t k = 0; k < rt->cfg.cores; k++)
-		if (rt->share[k])
-			sh->tl[sh->n++] = rt->share[k]->tl;
+		if ((share = rt_core_share(rt, k)))
+			sh->tl[sh->n++] = share->tl;
 }
 
 /* Predicted load of @target summed over the cores. */

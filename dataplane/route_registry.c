@@ -314,8 +314,10 @@ static bool grace_over(const struct rt_router *rt, uint16_t t)
 
 	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
 		/* A6: the core's reads of that decision are done; pairs with R6 in finish(). */
-		if ((gone[k] & 1) && rt->share[k] &&
-		    atomic_load_explicit(&rt->share[k]->decision, memory_order_acquire) == gone[k])
+		struct rt_share *share = rt_core_share(rt, k);
+
+		if ((gone[k] & 1) && share &&
+		    atomic_load_explicit(&share->decision, memory_order_acquire) == gone[k])
 			return false;
 	}
 	return true;
@@ -329,9 +331,8 @@ static void note_departure(struct rt_router *rt, const uint16_t *ids, uint32_t n
 	 * began before shows an odd count here. */
 	atomic_thread_fence(memory_order_seq_cst);
 	for (uint32_t k = 0; k < rt->cfg.cores; k++) {
-		uint64_t d = rt->share[k] ? atomic_load_explicit(&rt->share[k]->decision,
-								 memory_order_acquire)
-					  : 0;
+		struct rt_share *share = rt_core_share(rt, k);
+		uint64_t d = share ? atomic_load_explicit(&share->decision, memory_order_acquire) : 0;
 
 		for (uint32_t i = 0; i < n; i++)
 			rt->gone_seq[(size_t)ids[i] * rt->cfg.cores + k] = d;
