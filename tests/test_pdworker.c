@@ -254,3 +254,66 @@ Test(pdworker, python_example_worker_registers_publishes_and_leaves_on_sigterm)
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "example exit %d", status);
 	fx_close(&f);
 }
+
+static bool registered(struct fx *f)
+{
+	return f->s.stats.registered == 1 && f->s.nconns == 1;
+}
+
+/* tools/pdmock serves a request end to end over its mailbox: the prompt's blocks reach the
+ * index as KV events, max_tokens tokens come back, then DONE. */
+Test(pdworker, pdmock_serves_a_request_and_publishes_its_cache)
+{
+	struct shm_lane_request req = {.request_id = 77, .mode = SHM_LANE_AGGREGATED,
+				       .ntokens = 40, .max_tokens = 5};
+	uint32_t tokens[40], got = 0;
+	struct ctl_conn *conn;
+	bool done = false;
+	uint64_t end;
+	struct fx f;
+	pid_t pid;
+	int status, t;
+
+	for (uint32_t i = 0; i < 40; i++)
+		tokens[i] = 500 + i;
+	fx_open(&f);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		execl(PD_PDMOCK, "pdmock", "--socket", f.path, "--model", "m", "--block-size",
+		      "16", "--capacity", "256", "--max-running", "8", "--speedup", "1000",
+		      (char *)NULL);
+		_exit(127);
+	}
+	cr_assert(serve_until(&f, registered), "pdmock never registered");
+	conn = &f.s.conns[0];
+	cr_assert_eq(shm_lane_put_request(&conn->mbox.req[0], &req, tokens, NULL), 0);
+	shm_ring_publish(&conn->mbox.req[0]);
+	shm_mbox_ring_doorbell(&conn->mbox);
+	for (end = now_ns() + 5000000000ull; !done && now_ns() < end;) {
+		struct shm_lane_answer a;
+		struct shm_rec rec;
+
+		cr_assert_geq(ctl_server_poll(&f.s, 1, now_ns()), 0);
+		while (!done && shm_ring_peek(&conn->mbox.resp[0], &rec) == 0) {
+			cr_assert_eq(shm_lane_check_answer(rec.type, rec.payload, rec.len, &a), 0);
+			cr_assert_eq(a.request_id, 77);
+			got += a.type == SHM_LANE_TOKENS ? a.n : 0;
+			done = a.type == SHM_LANE_DONE;
+			cr_assert_neq(a.type, SHM_LANE_ERROR, "pdmock answered an error");
+			shm_ring_consume(&conn->mbox.resp[0]);
+		}
+		shm_ring_release(&conn->mbox.resp[0]);
+	}
+	cr_assert(done, "no DONE from pdmock");
+	cr_assert_eq(got, 5);
+	ctl_server_poll(&f.s, 1, now_ns()); /* the last KV events */
+	t = rt_target_find(&f.t.rt, f.s.conns[0].worker, 0);
+	cr_assert_geq(t, 0);
+	cr_assert_geq(pdx_target_blocks(&f.t.x, (uint32_t)t), 2, "the prompt's blocks never came");
+	cr_assert_eq(kill(pid, SIGTERM), 0);
+	cr_assert(serve_until(&f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pdmock exit %d", status);
+	fx_close(&f);
+}
