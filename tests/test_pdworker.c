@@ -260,60 +260,137 @@ static bool registered(struct fx *f)
 	return f->s.stats.registered == 1 && f->s.nconns == 1;
 }
 
+/* Start pdmock against @f's socket in @mode ("aggregated", "prefill", "decode") with @fail
+ * percent of prefills failing; returns its pid once it has registered. */
+static pid_t start_pdmock(struct fx *f, const char *mode, const char *fail)
+{
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		execl(PD_PDMOCK, "pdmock", "--socket", f->path, "--model", "m", "--mode", mode,
+		      "--block-size", "16", "--capacity", "256", "--max-running", "8",
+		      "--speedup", "1000", "--fail-prefill", fail, (char *)NULL);
+		_exit(127);
+	}
+	cr_assert(serve_until(f, registered), "pdmock never registered");
+	return pid;
+}
+
+static void stop_pdmock(struct fx *f, pid_t pid)
+{
+	int status;
+
+	cr_assert_eq(kill(pid, SIGTERM), 0);
+	cr_assert(serve_until(f, worker_gone));
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pdmock exit %d", status);
+}
+
+/* Send @req (params @params) to the one worker and collect its answers until DONE, PREFILLED
+ * or ERROR; returns that last answer, *@tokens the tokens before it, @blob its data. */
+static struct shm_lane_answer ask(struct fx *f, struct shm_lane_request *req, const char *params,
+				  uint32_t *tokens, char *blob, size_t cap)
+{
+	struct ctl_conn *conn = &f->s.conns[0];
+	uint32_t prompt[40];
+	struct shm_lane_answer a = {0};
+	uint64_t end = now_ns() + 5000000000ull;
+
+	for (uint32_t i = 0; i < 40; i++)
+		prompt[i] = 500 + i;
+	req->ntokens = 40;
+	cr_assert_eq(shm_lane_put_request(&conn->mbox.req[0], req, prompt, params), 0);
+	shm_ring_publish(&conn->mbox.req[0]);
+	shm_mbox_ring_doorbell(&conn->mbox);
+	*tokens = 0;
+	while (now_ns() < end) {
+		struct shm_rec rec;
+
+		cr_assert_geq(ctl_server_poll(&f->s, 1, now_ns()), 0);
+		while (shm_ring_peek(&conn->mbox.resp[0], &rec) == 0) {
+			cr_assert_eq(shm_lane_check_answer(rec.type, rec.payload, rec.len, &a), 0);
+			cr_assert_eq(a.request_id, req->request_id);
+			*tokens += a.type == SHM_LANE_TOKENS ? a.n : 0;
+			if (a.type != SHM_LANE_TOKENS) {
+				memcpy(blob, a.data, a.n < cap - 1 ? a.n : cap - 1);
+				blob[a.n < cap - 1 ? a.n : cap - 1] = '\0';
+			}
+			shm_ring_consume(&conn->mbox.resp[0]);
+			shm_ring_release(&conn->mbox.resp[0]);
+			if (a.type != SHM_LANE_TOKENS)
+				return a;
+		}
+	}
+	cr_assert_fail("no final answer from pdmock");
+	return a;
+}
+
 /* tools/pdmock serves a request end to end over its mailbox: the prompt's blocks reach the
  * index as KV events, max_tokens tokens come back, then DONE. */
 Test(pdworker, pdmock_serves_a_request_and_publishes_its_cache)
 {
-	struct shm_lane_request req = {.request_id = 77, .mode = SHM_LANE_AGGREGATED,
-				       .ntokens = 40, .max_tokens = 5};
-	uint32_t tokens[40], got = 0;
-	struct ctl_conn *conn;
-	bool done = false;
-	uint64_t end;
+	struct shm_lane_request req = {.request_id = 77, .max_tokens = 5};
+	struct shm_lane_answer a;
+	char blob[128];
+	uint32_t got;
 	struct fx f;
 	pid_t pid;
-	int status, t;
+	int t;
 
-	for (uint32_t i = 0; i < 40; i++)
-		tokens[i] = 500 + i;
 	fx_open(&f);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		execl(PD_PDMOCK, "pdmock", "--socket", f.path, "--model", "m", "--block-size",
-		      "16", "--capacity", "256", "--max-running", "8", "--speedup", "1000",
-		      (char *)NULL);
-		_exit(127);
-	}
-	cr_assert(serve_until(&f, registered), "pdmock never registered");
-	conn = &f.s.conns[0];
-	cr_assert_eq(shm_lane_put_request(&conn->mbox.req[0], &req, tokens, NULL), 0);
-	shm_ring_publish(&conn->mbox.req[0]);
-	shm_mbox_ring_doorbell(&conn->mbox);
-	for (end = now_ns() + 5000000000ull; !done && now_ns() < end;) {
-		struct shm_lane_answer a;
-		struct shm_rec rec;
-
-		cr_assert_geq(ctl_server_poll(&f.s, 1, now_ns()), 0);
-		while (!done && shm_ring_peek(&conn->mbox.resp[0], &rec) == 0) {
-			cr_assert_eq(shm_lane_check_answer(rec.type, rec.payload, rec.len, &a), 0);
-			cr_assert_eq(a.request_id, 77);
-			got += a.type == SHM_LANE_TOKENS ? a.n : 0;
-			done = a.type == SHM_LANE_DONE;
-			cr_assert_neq(a.type, SHM_LANE_ERROR, "pdmock answered an error");
-			shm_ring_consume(&conn->mbox.resp[0]);
-		}
-		shm_ring_release(&conn->mbox.resp[0]);
-	}
-	cr_assert(done, "no DONE from pdmock");
+	pid = start_pdmock(&f, "aggregated", "0");
+	a = ask(&f, &req, NULL, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_DONE);
 	cr_assert_eq(got, 5);
 	ctl_server_poll(&f.s, 1, now_ns()); /* the last KV events */
 	t = rt_target_find(&f.t.rt, f.s.conns[0].worker, 0);
 	cr_assert_geq(t, 0);
 	cr_assert_geq(pdx_target_blocks(&f.t.x, (uint32_t)t), 2, "the prompt's blocks never came");
-	cr_assert_eq(kill(pid, SIGTERM), 0);
-	cr_assert(serve_until(&f, worker_gone));
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pdmock exit %d", status);
+	stop_pdmock(&f, pid);
+	fx_close(&f);
+}
+
+/* A prefill pdmock answers with one token and params naming itself; a decode pdmock refuses a
+ * request without such params and serves one with them; injected prefill failures fail. */
+Test(pdworker, pdmock_prefill_and_decode_modes_and_injected_failures)
+{
+	struct shm_lane_request req = {.request_id = 1, .mode = SHM_LANE_PREFILL, .max_tokens = 1};
+	struct shm_lane_answer a;
+	char blob[128], params[128];
+	uint32_t got;
+	struct fx f;
+	pid_t pid;
+
+	fx_open(&f);
+	pid = start_pdmock(&f, "prefill", "0");
+	a = ask(&f, &req, NULL, &got, params, sizeof(params));
+	cr_assert_eq(a.type, SHM_LANE_PREFILLED);
+	cr_assert_eq(strncmp(params, "pdmock:worker=", 14), 0, "params: %s", params);
+	cr_assert_not_null(strstr(params, "blocks=2"), "params: %s", params);
+	stop_pdmock(&f, pid);
+
+	f.s.stats.registered = 0;
+	f.s.stats.hangups = 0;
+	pid = start_pdmock(&f, "decode", "0");
+	req = (struct shm_lane_request){.request_id = 2, .mode = SHM_LANE_DECODE, .max_tokens = 3};
+	a = ask(&f, &req, NULL, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_ERROR, "decode without params was served");
+	cr_assert_eq((int32_t)a.value, -EINVAL);
+	req = (struct shm_lane_request){.request_id = 3, .mode = SHM_LANE_DECODE, .max_tokens = 3,
+					.nparams = (uint32_t)strlen(params)};
+	a = ask(&f, &req, params, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_DONE);
+	cr_assert_eq(got, 3);
+	stop_pdmock(&f, pid);
+
+	f.s.stats.registered = 0;
+	f.s.stats.hangups = 0;
+	pid = start_pdmock(&f, "prefill", "100");
+	req = (struct shm_lane_request){.request_id = 4, .mode = SHM_LANE_PREFILL, .max_tokens = 1};
+	a = ask(&f, &req, NULL, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_ERROR);
+	cr_assert_eq((int32_t)a.value, -EIO);
+	stop_pdmock(&f, pid);
 	fx_close(&f);
 }
