@@ -216,11 +216,25 @@ static int post(struct pdw *w, uint16_t type, const void *const *p, const size_t
 	return post_parts(&w->mbox.event, type, p, len, n);
 }
 
+/* A KV event of DP rank slot @slot: it takes the rank's next event id (into *@event_id, part
+ * of p[0]), which moves on only once the event is in the ring. */
+static int post_event(struct pdw *w, int slot, uint16_t type, uint64_t *event_id,
+		      const void *const *p, const size_t *len, int n)
+{
+	int rc;
+
+	*event_id = w->next_event_id[slot];
+	rc = post(w, type, p, len, n);
+	if (!rc)
+		w->next_event_id[slot]++;
+	return rc;
+}
+
 int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_ext,
 		       const uint64_t *ext_ids, uint32_t n, const uint64_t *local,
 		       const uint32_t *tokens)
 {
-	int slot = rank_slot(w, dp_rank), rc;
+	int slot = rank_slot(w, dp_rank);
 	struct shm_ev_stored ev = {.dp_rank = dp_rank, .nblocks = n, .has_parent = !!parent_ext,
 				   .parent_ext = parent_ext ? *parent_ext : 0,
 				   .blocks_kind = local ? SHM_EV_LOCAL_HASHES : SHM_EV_TOKEN_IDS,
@@ -233,16 +247,12 @@ int pdw_publish_stored(struct pdw *w, uint32_t dp_rank, const uint64_t *parent_e
 		return slot;
 	if (!n || n > SHM_EV_MAX_BLOCKS || !ext_ids || (!local && !tokens))
 		return -EINVAL;
-	ev.event_id = w->next_event_id[slot];
-	rc = post(w, SHM_EV_STORED, parts, len, 3);
-	if (!rc)
-		w->next_event_id[slot]++;
-	return rc;
+	return post_event(w, slot, SHM_EV_STORED, &ev.event_id, parts, len, 3);
 }
 
 int pdw_publish_removed(struct pdw *w, uint32_t dp_rank, const uint64_t *ext_ids, uint32_t n)
 {
-	int slot = rank_slot(w, dp_rank), rc;
+	int slot = rank_slot(w, dp_rank);
 	struct shm_ev_removed ev = {.dp_rank = dp_rank, .n = n};
 	const void *parts[2] = {&ev, ext_ids};
 	size_t len[2] = {sizeof(ev), 8 * (size_t)n};
@@ -251,27 +261,19 @@ int pdw_publish_removed(struct pdw *w, uint32_t dp_rank, const uint64_t *ext_ids
 		return slot;
 	if (!n || n > SHM_EV_MAX_BLOCKS || !ext_ids)
 		return -EINVAL;
-	ev.event_id = w->next_event_id[slot];
-	rc = post(w, SHM_EV_REMOVED, parts, len, 2);
-	if (!rc)
-		w->next_event_id[slot]++;
-	return rc;
+	return post_event(w, slot, SHM_EV_REMOVED, &ev.event_id, parts, len, 2);
 }
 
 int pdw_publish_cleared(struct pdw *w, uint32_t dp_rank)
 {
-	int slot = rank_slot(w, dp_rank), rc;
+	int slot = rank_slot(w, dp_rank);
 	struct shm_ev_cleared ev = {.dp_rank = dp_rank};
 	const void *parts[1] = {&ev};
 	size_t len[1] = {sizeof(ev)};
 
 	if (slot < 0)
 		return slot;
-	ev.event_id = w->next_event_id[slot];
-	rc = post(w, SHM_EV_CLEARED, parts, len, 1);
-	if (!rc)
-		w->next_event_id[slot]++;
-	return rc;
+	return post_event(w, slot, SHM_EV_CLEARED, &ev.event_id, parts, len, 1);
 }
 
 int pdw_publish_load(struct pdw *w, uint32_t dp_rank, uint64_t used_blocks,
