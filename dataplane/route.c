@@ -115,12 +115,10 @@ static void policy_override(struct rt_policy *p, const struct rt_overrides *ov)
 		p->track_prefill_tokens = ov->track_prefill_tokens;
 }
 
-/* The stage policy: router defaults, then the request's overrides, then the stage's rules. */
-static void stage_policy(const struct rt_core *c, const struct rt_request *rq, enum rt_stage stage,
-			 struct rt_policy *p)
+/* The stage policy: the request's (request_begin()), then the stage's rules. */
+static void stage_policy(const struct rt_core *c, enum rt_stage stage, struct rt_policy *p)
 {
-	*p = c->rt->cfg.policy;
-	policy_override(p, &rq->ov);
+	*p = c->policy;
 	if (stage == RT_STAGE_PREFILL) {
 		p->track_active_blocks = false; /* prefill workers do not decode */
 	} else if (stage == RT_STAGE_DECODE) {
@@ -141,7 +139,6 @@ static uint32_t serving_block_size(const struct rt_model *md)
 static int request_begin(struct rt_core *c, const struct rt_request *rq,
 			 const struct rt_model **md)
 {
-	struct rt_policy p = c->rt->cfg.policy;
 	_Atomic uint64_t *decision = &c->share.decision;
 
 	/* Our own counter (relaxed load): odd from here until finish(). */
@@ -151,8 +148,9 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 	atomic_thread_fence(memory_order_seq_cst);
 	if (rq->model >= atomic_load_explicit(&c->rt->nmodels, memory_order_acquire)) /* A7 */
 		return -ENOENT;
-	policy_override(&p, &rq->ov);
-	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&p))
+	c->policy = c->rt->cfg.policy;
+	policy_override(&c->policy, &rq->ov);
+	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&c->policy))
 		return -EINVAL;
 	*md = &c->rt->model[rq->model];
 	c->hashed_bs = 0;
@@ -172,7 +170,7 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	    .prefill = prefill,
 	};
 
-	stage_policy(c, rq, stage, &in.pol);
+	stage_policy(c, stage, &in.pol);
 	in.block_size = stage == RT_STAGE_PREFILL ? rt_pool_block_size(&md->pool[RT_PREFILL])
 						  : serving_block_size(md);
 	in.inv_block_size = in.block_size ? 1.0 / in.block_size : 0.0;

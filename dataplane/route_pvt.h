@@ -198,6 +198,7 @@ struct rt_core {
 	struct pdx_reader *reader;
 	struct rt_share share;
 	uint64_t rng; /* splitmix64 state */
+	struct rt_policy policy; /* the current request's: the router's with its overrides */
 	/* Writer: this core (relaxed load + store, never a locked RMW); rt_core_stats() reads. */
 	_Atomic uint64_t stat[RT_NSTATS];
 	/* Prompt hashes of the current request, at block size @hashed_bs (0: none yet): local

@@ -47,14 +47,9 @@ static struct prompt prompts[PROMPTS];
  * everything before it): relaxed is enough for all three.
  */
 static atomic_bool writer_done;
-static atomic_uint failures;
 static atomic_ulong queries;
 
-#define fail(...)                                                                                  \
-	do {                                                                                       \
-		if (atomic_fetch_add_explicit(&failures, 1, memory_order_relaxed) < 5)             \
-			fprintf(stderr, "stress_pdx: " __VA_ARGS__);                               \
-	} while (0)
+#define fail(...) T_STRESS_FAIL("stress_pdx", __VA_ARGS__)
 
 /* External ids name whole prefixes, as an engine's block hashes do. */
 static void fill_ext(const uint64_t *local, size_t n, uint64_t *ext)
@@ -361,9 +356,9 @@ int main(int argc, char **argv)
 	}
 	final_checks();
 	pdx_destroy(&idx);
-	if (atomic_load_explicit(&failures, memory_order_relaxed)) {
+	if (t_stress_failed()) {
 		fprintf(stderr, "stress_pdx: %u invariant violations\n",
-			atomic_load_explicit(&failures, memory_order_relaxed));
+			t_stress_failed());
 		return 1;
 	}
 	printf("stress_pdx: %lu queries, %lu events, ok\n",

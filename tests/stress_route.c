@@ -37,14 +37,9 @@ static struct rt_router router;
 static struct rt_core cores[CORES]; /* set up and freed by main, used by one thread each */
 static uint32_t tokens[PROMPTS][PLEN * BS];
 static atomic_bool stop;      /* relaxed: a flag polled in a loop, joined afterwards */
-static atomic_uint failures;  /* relaxed: read after pthread_join() */
 static atomic_ulong decisions; /* relaxed: summed by the cores, read after pthread_join() */
 
-#define FAIL(...)                                                                       \
-	do {                                                                            \
-		fprintf(stderr, "stress_route: " __VA_ARGS__);                          \
-		atomic_fetch_add_explicit(&failures, 1, memory_order_relaxed);          \
-	} while (0)
+#define FAIL(...) T_STRESS_FAIL("stress_route", __VA_ARGS__)
 
 static void store_prompt(uint32_t target, uint32_t p)
 {
@@ -127,7 +122,7 @@ static void *core_main(void *arg)
 
 	t_rng_seed(&rng, 100 + index);
 	while (!atomic_load_explicit(&stop, memory_order_relaxed) &&
-	       !atomic_load_explicit(&failures, memory_order_relaxed)) {
+	       !t_stress_failed()) {
 		uint32_t slot = (uint32_t)(n % INFLIGHT);
 
 		if (held[slot])
@@ -204,7 +199,7 @@ static void control(double seconds)
 	struct t_rng rng;
 
 	t_rng_seed(&rng, 9);
-	while (now_s() < end && !atomic_load_explicit(&failures, memory_order_relaxed)) {
+	while (now_s() < end && !t_stress_failed()) {
 		uint32_t target = t_rng_below(&rng, TARGETS), p = 1 + t_rng_below(&rng, PROMPTS - 1);
 		uint64_t ext = (uint64_t)p << 32 | t_rng_below(&rng, PLEN);
 
@@ -250,7 +245,7 @@ int main(int argc, char **argv)
 	}
 	rt_router_destroy(&router);
 	pdx_destroy(&idx);
-	if (atomic_load_explicit(&failures, memory_order_relaxed))
+	if (t_stress_failed())
 		return 1;
 	printf("stress_route: %lu decisions, ok\n",
 	       atomic_load_explicit(&decisions, memory_order_relaxed));

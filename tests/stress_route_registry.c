@@ -33,14 +33,9 @@ static struct rt_router router;
 static struct rt_core cores[CORES];
 static uint32_t tokens[PROMPTS][PLEN * BS];
 static atomic_bool stop;	      /* relaxed: polled in a loop, joined afterwards */
-static atomic_uint failures;	      /* relaxed: read after pthread_join() */
 static atomic_ulong decisions;	      /* relaxed: summed by the cores, read after join */
 
-#define FAIL(...)                                                              \
-	do {                                                                   \
-		fprintf(stderr, "stress_route_registry: " __VA_ARGS__);         \
-		atomic_fetch_add_explicit(&failures, 1, memory_order_relaxed); \
-	} while (0)
+#define FAIL(...) T_STRESS_FAIL("stress_route_registry", __VA_ARGS__)
 
 static void *core_main(void *arg)
 {
@@ -96,7 +91,7 @@ static uint64_t churn(double seconds)
 	struct t_rng rng;
 
 	t_rng_seed(&rng, 3);
-	while (now_s() < end && !atomic_load_explicit(&failures, memory_order_relaxed)) {
+	while (now_s() < end && !t_stress_failed()) {
 		if (nalive == WORKERS || (nalive && t_rng_chance(&rng, 50))) {
 			uint32_t i = t_rng_below(&rng, nalive);
 
@@ -160,7 +155,7 @@ int main(int argc, char **argv)
 	if (registrations < 10)
 		FAIL("only %llu registrations: the churn did not run\n",
 		     (unsigned long long)registrations);
-	if (atomic_load_explicit(&failures, memory_order_relaxed))
+	if (t_stress_failed())
 		return 1;
 	printf("stress_route_registry: %lu decisions, %llu registrations, ok\n",
 	       atomic_load_explicit(&decisions, memory_order_relaxed),

@@ -27,18 +27,13 @@
 
 static void *mem;
 
-/*
- * writer: whichever thread fails first (stop), the consumer (failures). Neither orders any data:
- * they only end loops and are read again after pthread_join(), so relaxed is enough.
- */
+/* Writer: whichever thread fails first. Relaxed: it only ends loops, read after joining. */
 static atomic_bool stop;
-static atomic_uint failures;
 
-#define fail(...)                                                                                  \
-	do {                                                                                       \
-		if (atomic_fetch_add_explicit(&failures, 1, memory_order_relaxed) < 5)             \
-			fprintf(stderr, "stress_shm_ring: " __VA_ARGS__);                          \
-		atomic_store_explicit(&stop, true, memory_order_relaxed);                          \
+#define fail(...)                                                  \
+	do {                                                       \
+		T_STRESS_FAIL("stress_shm_ring", __VA_ARGS__);     \
+		atomic_store_explicit(&stop, true, memory_order_relaxed); \
 	} while (0)
 
 static bool stopped(void)
@@ -238,9 +233,9 @@ int main(int argc, char **argv)
 	sent = produce(seconds);
 	pthread_join(consumer, NULL);
 	free(mem);
-	if (atomic_load_explicit(&failures, memory_order_relaxed)) {
+	if (t_stress_failed()) {
 		fprintf(stderr, "stress_shm_ring: %u failures\n",
-			atomic_load_explicit(&failures, memory_order_relaxed));
+			t_stress_failed());
 		return 1;
 	}
 	printf("stress_shm_ring: %lu records, ok\n", sent);
