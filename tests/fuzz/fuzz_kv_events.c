@@ -28,7 +28,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +42,7 @@
 #include "rng.h"
 #include "route.h"
 
+#include "fuzz_common.h"
 #include "fuzz_kv_events.h"
 
 #define MAX_RING (1u << 16)
@@ -61,22 +61,7 @@ static struct {
 static const uint32_t rec_size[8] = {256,      1024,	 4096,	   16384,
 				     MAX_RING, MAX_RING, MAX_RING, MAX_RING};
 struct kvf_totals kvf_totals;
-
-static const uint8_t *input_data; /* the input being run, for the crash report */
-static size_t input_size;
-
-void kvf_fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "fuzz_kv_events: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	kvf_report_input(input_data, input_size);
-	abort();
-}
+const char t_fuzz_name[] = "fuzz_kv_events";
 
 uint32_t kvf_rd32(const uint8_t *in, size_t n, size_t at)
 {
@@ -119,17 +104,17 @@ static void setup_worker(struct kvf_worker *w, uint32_t id, const char *model, u
 
 	*w = (struct kvf_worker){.id = id, .bs = bs, .rank0 = rank0, .nranks = nranks};
 	if (rt_register(&g.rt, id, &spec, err, sizeof(err)))
-		kvf_fail("rt_register: %s", err);
+		t_fuzz_fail("rt_register: %s", err);
 	for (uint32_t i = 0; i < nranks; i++) {
 		int t = rt_target_find(&g.rt, id, rank0 + i);
 
 		if (t < 0)
-			kvf_fail("no target for rank %u", rank0 + i);
+			t_fuzz_fail("no target for rank %u", rank0 + i);
 		w->tg[i] = (uint16_t)t;
 	}
 	w->tok = malloc(POOL * per * 4);
 	if (!w->tok)
-		kvf_fail("out of memory");
+		t_fuzz_fail("out of memory");
 	for (uint32_t p = 0; p < POOL; p++) {
 		uint32_t *tok = w->tok + p * per;
 
@@ -137,7 +122,7 @@ static void setup_worker(struct kvf_worker *w, uint32_t id, const char *model, u
 			tok[j] =
 			    (uint32_t)t_mix64((uint64_t)pool_root(p, (uint32_t)(j / bs)) << 40 ^ j);
 		if (dp_hash_blocks(tok, per, bs, DP_HASH_SEED, w->local[p]) != POOL_BLOCKS)
-			kvf_fail("dp_hash_blocks");
+			t_fuzz_fail("dp_hash_blocks");
 	}
 }
 
@@ -158,12 +143,12 @@ void kvf_setup(void)
 	cfg.max_active_blocks = 1024;
 	if (pdx_init(&g.x, &xc) || rt_router_init(&g.rt, &cfg, &g.x) ||
 	    pdx_reader_attach(&g.x, &g.r))
-		kvf_fail("setup");
+		t_fuzz_fail("setup");
 	setup_worker(&g.w[0], 1, "a", 16, 0, 2);
 	setup_worker(&g.w[1], 2, "b", 4, 3, 3);
 	base = mmap(NULL, rw + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (base == MAP_FAILED || mprotect(base + page, rw, PROT_READ | PROT_WRITE))
-		kvf_fail("cannot map the ring");
+		t_fuzz_fail("cannot map the ring");
 	g.rw_end = base + page + rw;
 }
 
@@ -194,20 +179,20 @@ static int drain(struct run *u, uint32_t budget)
 
 	if (rc == -EBADMSG) {
 		if (!u->k.broken || u->k.stats.malformed != 1)
-			kvf_fail("-EBADMSG, broken %d, malformed %llu", u->k.broken,
-				 (unsigned long long)u->k.stats.malformed);
+			t_fuzz_fail("-EBADMSG, broken %d, malformed %llu", u->k.broken,
+				    (unsigned long long)u->k.stats.malformed);
 	} else if (was_broken) {
-		kvf_fail("a broken intake drained again: %d", rc);
+		t_fuzz_fail("a broken intake drained again: %d", rc);
 	} else if (rc != -ENOMEM && (rc < 0 || (uint32_t)rc > budget)) {
-		kvf_fail("drain of budget %u: %d", budget, rc);
+		t_fuzz_fail("drain of budget %u: %d", budget, rc);
 	} else if (rc > 0) {
 		u->taken += (uint64_t)rc;
 	}
 	u->nomem |= rc == -ENOMEM;
 	if (atomic_load_explicit(&u->k.ring->sh->tail, memory_order_relaxed) != u->k.ring->local)
-		kvf_fail("tail %#x after a drain at %#x",
-			 atomic_load_explicit(&u->k.ring->sh->tail, memory_order_relaxed),
-			 u->k.ring->local);
+		t_fuzz_fail("tail %#x after a drain at %#x",
+			    atomic_load_explicit(&u->k.ring->sh->tail, memory_order_relaxed),
+			    u->k.ring->local);
 	return rc;
 }
 
@@ -218,22 +203,22 @@ static void check_match(const struct kvf_worker *w, const uint64_t *local, size_
 	uint32_t seen = 0;
 
 	if (k > TARGETS)
-		kvf_fail("%zu answers", k);
+		t_fuzz_fail("%zu answers", k);
 	for (size_t i = 0; i < k; i++) {
 		uint32_t r = 0;
 
 		while (r < w->nranks && w->tg[r] != g.out[i].target)
 			r++;
 		if (r == w->nranks || seen & 1u << r)
-			kvf_fail("answer for target %u (another worker's, or twice)",
-				 g.out[i].target);
+			t_fuzz_fail("answer for target %u (another worker's, or twice)",
+				    g.out[i].target);
 		seen |= 1u << r;
 		kvf_totals.answers++;
 		if (!g.out[i].depth || g.out[i].depth > n ||
 		    g.out[i].depth > pdx_target_blocks(&g.x, g.out[i].target))
-			kvf_fail("target %u: depth %u of a %zu-block query, holding %zu",
-				 g.out[i].target, g.out[i].depth, n,
-				 pdx_target_blocks(&g.x, g.out[i].target));
+			t_fuzz_fail("target %u: depth %u of a %zu-block query, holding %zu",
+				    g.out[i].target, g.out[i].depth, n,
+				    pdx_target_blocks(&g.x, g.out[i].target));
 	}
 }
 
@@ -247,17 +232,17 @@ static void check_after(const struct kvf_worker *w, const struct run *u, const u
 	uint64_t prompt[8];
 
 	if (u->k.broken || u->nomem ? handled < u->taken : handled != u->taken)
-		kvf_fail("%llu records taken, %llu handled (broken %d)",
-			 (unsigned long long)u->taken, (unsigned long long)handled, u->k.broken);
+		t_fuzz_fail("%llu records taken, %llu handled (broken %d)",
+			    (unsigned long long)u->taken, (unsigned long long)handled, u->k.broken);
 	if (u->records && handled + u->k.broken > u->written)
-		kvf_fail("%llu records handled of %llu written", (unsigned long long)handled,
-			 (unsigned long long)u->written);
+		t_fuzz_fail("%llu records handled of %llu written", (unsigned long long)handled,
+			    (unsigned long long)u->written);
 	/* A gap always asks for a dump; so may an event the index took only part of. */
 	if ((st->gaps && !u->k.dump_wanted) || (u->k.dump_wanted && !st->gaps && !st->refused) ||
 	    st->refused > st->events)
-		kvf_fail("dump_wanted %d, gaps %llu, refused %llu of %llu events", u->k.dump_wanted,
-			 (unsigned long long)st->gaps, (unsigned long long)st->refused,
-			 (unsigned long long)st->events);
+		t_fuzz_fail("dump_wanted %d, gaps %llu, refused %llu of %llu events",
+			    u->k.dump_wanted, (unsigned long long)st->gaps,
+			    (unsigned long long)st->refused, (unsigned long long)st->events);
 	for (uint32_t p = 0; p < POOL; p++) {
 		check_match(w, w->local[p], POOL_BLOCKS);
 		check_match(w, w->local[p], 1 + p * 3);
@@ -276,16 +261,16 @@ static void reset(void)
 	for (int i = 0; i < 2; i++) {
 		for (uint32_t r = 0; r < g.w[i].nranks; r++) {
 			if (pdx_drop_target(&g.x, g.w[i].tg[r]) < 0)
-				kvf_fail("pdx_drop_target");
+				t_fuzz_fail("pdx_drop_target");
 			if (pdx_target_blocks(&g.x, g.w[i].tg[r]))
-				kvf_fail("target %u holds blocks after a drop", g.w[i].tg[r]);
+				t_fuzz_fail("target %u holds blocks after a drop", g.w[i].tg[r]);
 			rt_report_load(&g.rt, g.w[i].id, g.w[i].rank0 + r, 0, 0);
 		}
 	}
 	pdx_stats(&g.x, &st);
 	if (st.entries)
-		kvf_fail("%llu entries left with no target holding anything",
-			 (unsigned long long)st.entries);
+		t_fuzz_fail("%llu entries left with no target holding anything",
+			    (unsigned long long)st.entries);
 }
 
 /* Records mode: write each record through a producer, publishing and draining as told. */
@@ -300,7 +285,7 @@ static void run_records(const struct kvf_worker *w, struct run *u, const uint8_t
 	sh = ring_mem(size);
 	if (shm_ring_format(sh, size) || shm_ring_attach(&prod, sh, size, true) ||
 	    shm_ring_attach(&cons, sh, size, false))
-		kvf_fail("ring of %u bytes", size);
+		t_fuzz_fail("ring of %u bytes", size);
 	ctl_kv_init(&u->k, &g.x, &g.rt, w->id, w->bs, &cons);
 	while (at + REC_HDR <= n && !u->k.broken) {
 		uint16_t type = in[at] ? in[at] : 0x100,
@@ -321,7 +306,8 @@ static void run_records(const struct kvf_worker *w, struct run *u, const uint8_t
 		if (u->k.broken)
 			break;
 		if (!pay && err != -E2BIG)
-			kvf_fail("reserve of %u bytes in a drained ring of %u: %d", len, size, err);
+			t_fuzz_fail("reserve of %u bytes in a drained ring of %u: %d", len, size,
+				    err);
 		if (pay) {
 			memcpy(pay, in + at, len);
 			shm_ring_commit(&prod);
@@ -373,8 +359,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct run u = {0};
 
 	kvf_setup();
-	input_data = data;
-	input_size = size;
+	t_fuzz_set_input(data, size);
 	if (size < IN_BODY)
 		return 0;
 	w = &g.w[data[IN_MODE] >> 1 & 1];
@@ -390,11 +375,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	reset();
 	return 0;
 }
-
-#ifdef PD_LIBFUZZER
-void kvf_report_input(const uint8_t *data, size_t size)
-{
-	(void)data; /* libFuzzer saves the input that aborted */
-	(void)size;
-}
-#endif

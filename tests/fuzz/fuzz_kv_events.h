@@ -11,8 +11,6 @@
 
 #include "kv_events.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 /* The input: mode byte (bit 0 raw ring, bit 1 worker B, bits 2-4 ring size), drain budget. */
 #define IN_MODE 0
 #define IN_BUDGET 1
@@ -40,10 +38,6 @@ uint64_t kvf_pool_ext(uint32_t p, uint32_t i);
 
 /* Little-endian u32 at @at of @in[0..n), 0 past the end. */
 uint32_t kvf_rd32(const uint8_t *in, size_t n, size_t at);
-
-/* Print, save the input (kvf_report_input(), the driver's), abort. */
-void kvf_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-void kvf_report_input(const uint8_t *data, size_t size);
 
 /* Over every input run so far, for the replay's summary. */
 struct kvf_totals {

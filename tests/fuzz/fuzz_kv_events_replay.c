@@ -13,7 +13,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,24 +21,8 @@
 #include "ring.h"
 #include "rng.h"
 
+#include "fuzz_common.h"
 #include "fuzz_kv_events.h"
-
-static const char *crash_path = "fuzz_kv_events-crash.bin";
-static unsigned long cur_input;
-
-/* Save the input that failed, so `fuzz_kv_events FILE` replays it. */
-void kvf_report_input(const uint8_t *data, size_t size)
-{
-	FILE *fp;
-
-	fprintf(stderr, "fuzz_kv_events: input %lu\n", cur_input);
-	fp = fopen(crash_path, "wb");
-	if (!fp || fwrite(data, 1, size, fp) != size || fclose(fp))
-		fprintf(stderr, "fuzz_kv_events: cannot save the input to %s\n", crash_path);
-	else
-		fprintf(stderr, "fuzz_kv_events: input saved to %s (%zu bytes)\n", crash_path,
-			size);
-}
 
 #define IN_MAX (1u << 18)
 #define MAX_RECS 40
@@ -249,7 +232,7 @@ static void gen_raw(struct gen *s, void *scratch)
 	atomic_store_explicit(&((struct shm_ring_shared *)scratch)->tail, start,
 			      memory_order_relaxed);
 	if (shm_ring_attach(&p, scratch, size, true))
-		kvf_fail("producer attach at %#x", start);
+		t_fuzz_fail("producer attach at %#x", start);
 	for (s->nrec = 0; s->nrec < MAX_RECS;) {
 		uint16_t type;
 		uint32_t len = gen_record(s, &type);
@@ -363,21 +346,6 @@ static void gen_input(struct gen *s, void *scratch)
 			mutate_once(s);
 }
 
-static void run_file(const char *path)
-{
-	static uint8_t buf[IN_MAX];
-	FILE *fp = fopen(path, "rb");
-	size_t n;
-
-	if (!fp) {
-		fprintf(stderr, "fuzz_kv_events: %s: %s\n", path, strerror(errno));
-		exit(1);
-	}
-	n = fread(buf, 1, sizeof(buf), fp);
-	fclose(fp);
-	LLVMFuzzerTestOneInput(buf, n);
-}
-
 int main(int argc, char **argv)
 {
 	static struct gen s;
@@ -385,34 +353,26 @@ int main(int argc, char **argv)
 	uint64_t seed = 42;
 	const struct ctl_kv_stats *st;
 	void *scratch;
-	int c;
+	int first;
 
-	while ((c = getopt(argc, argv, "n:s:")) != -1) {
-		if (c == 'n')
-			inputs = strtoul(optarg, NULL, 0);
-		else if (c == 's')
-			seed = strtoull(optarg, NULL, 0);
-		else {
-			fprintf(stderr, "usage: fuzz_kv_events [-n INPUTS] [-s SEED] [FILE...]\n");
-			return 2;
-		}
-	}
+	first = t_fuzz_args(argc, argv, &inputs, &seed);
+	if (first < 0)
+		return 2;
 	kvf_setup();
-	for (int i = optind; i < argc; i++)
-		run_file(argv[i]);
-	if (optind < argc)
+	t_fuzz_replay_files(argc, argv, first);
+	if (first < argc)
 		inputs = 0;
 	if (posix_memalign(&scratch, 64, shm_ring_bytes(RAW_SIZE(7))))
 		return 1;
 	t_rng_seed(&rng, seed);
-	for (cur_input = 0; cur_input < inputs; cur_input++) {
+	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++) {
 		gen_input(&s, scratch);
 		LLVMFuzzerTestOneInput(s.buf, s.len);
 	}
 	free(scratch);
 	st = &kvf_totals.stats;
 	if (inputs >= 100 && !kvf_totals.answers)
-		kvf_fail("%lu inputs and the index never held a pool prompt", inputs);
+		t_fuzz_fail("%lu inputs and the index never held a pool prompt", inputs);
 	printf("fuzz_kv_events: seed %llu; clean %lu, broken %lu; %llu non-empty answers\n",
 	       (unsigned long long)seed, kvf_totals.clean, kvf_totals.broken,
 	       (unsigned long long)kvf_totals.answers);
@@ -423,6 +383,6 @@ int main(int argc, char **argv)
 	       (unsigned long long)st->unknown_rank, (unsigned long long)st->unknown_type,
 	       (unsigned long long)st->loads, (unsigned long long)st->blocks_stored,
 	       (unsigned long long)st->blocks_removed);
-	printf("fuzz_kv_events: %lu inputs, ok\n", inputs + (unsigned long)(argc - optind));
+	printf("fuzz_kv_events: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
 	return 0;
 }

@@ -25,7 +25,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +34,9 @@
 #include "pdworker.h"
 #include "rng.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
+
+const char t_fuzz_name[] = "fuzz_lanes";
 
 #define LANES 2u
 #define LANE_BYTES 1024u
@@ -54,25 +55,8 @@ static const uint32_t odd32[] = {0, 1, 2, 3, 4, 7, 8, 31, 32, 33, 256, 257, 4096
 				 0x7FFFFFFF, 0x80000000, 0xFFFFFFF8, 0xFFFFFFFF};
 #define NODD (sizeof(odd32) / sizeof(odd32[0]))
 
-static const uint8_t *input_data; /* the input being run, for the crash report */
-static size_t input_size;
 static unsigned long outcome[O_N];
 static volatile uint32_t sink;
-
-static void report_input(void);
-
-static void __attribute__((noreturn, format(printf, 1, 2))) fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "fuzz_lanes: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	report_input();
-	abort();
-}
 
 static uint32_t rd32(const uint8_t *p, size_t at)
 {
@@ -124,11 +108,12 @@ static void check_inside(const struct shm_lane_request *q, const uint32_t *token
 
 	if (!q->ntokens || q->ntokens > SHM_LANE_MAX_TOKENS || q->nparams > SHM_LANE_MAX_PARAMS ||
 	    q->mode > SHM_LANE_DECODE || (q->nparams && q->mode != SHM_LANE_DECODE))
-		fail("accepted mode %u, %u tokens, %u params", q->mode, q->ntokens, q->nparams);
+		t_fuzz_fail("accepted mode %u, %u tokens, %u params", q->mode, q->ntokens,
+			    q->nparams);
 	if (t < l + sizeof(*q) || t % 4 || t > h || (h - t) / 4 < q->ntokens ||
 	    pa < t + 4 * (uintptr_t)q->ntokens || pa > h || h - pa < q->nparams)
-		fail("%u tokens at +%zu, %u params at +%zu: outside %zu bytes", q->ntokens,
-		     (size_t)(t - l), q->nparams, (size_t)(pa - l), (size_t)(h - l));
+		t_fuzz_fail("%u tokens at +%zu, %u params at +%zu: outside %zu bytes", q->ntokens,
+			    (size_t)(t - l), q->nparams, (size_t)(pa - l), (size_t)(h - l));
 	for (uint32_t i = 0; i < q->ntokens; i++)
 		x ^= tokens[i];
 	for (uint32_t i = 0; i < q->nparams; i++)
@@ -143,13 +128,14 @@ static void run_request(const uint8_t *p, uint32_t len)
 	bool want = ref_request(p, len);
 
 	if (rc != (want ? 0 : -EBADMSG))
-		fail("check_request of %u bytes: %d; the reference accepts: %d", len, rc, want);
+		t_fuzz_fail("check_request of %u bytes: %d; the reference accepts: %d", len, rc,
+			    want);
 	outcome[rc ? O_REQ_BAD : O_REQ_OK]++;
 	if (rc)
 		return;
 	if (memcmp(&v.req, p, sizeof(v.req)) || (const uint8_t *)v.tokens != p + sizeof(v.req) ||
 	    v.params != p + len - v.req.nparams)
-		fail("check_request of %u bytes: the view is not the record's", len);
+		t_fuzz_fail("check_request of %u bytes: the view is not the record's", len);
 	check_inside(&v.req, v.tokens, v.params, p, p + len);
 }
 
@@ -162,15 +148,15 @@ static void run_answer(uint16_t type, const uint8_t *p, uint32_t len)
 	uint32_t x = 0;
 
 	if (rc != (want < 0 ? -EBADMSG : 0))
-		fail("check_answer of type %u, %u bytes: %d, the reference %lld", type, len, rc,
-		     (long long)want);
+		t_fuzz_fail("check_answer of type %u, %u bytes: %d, the reference %lld", type, len,
+			    rc, (long long)want);
 	outcome[rc ? O_ANS_BAD : O_ANS_OK]++;
 	if (rc)
 		return;
 	if (a.type != type || memcmp(&a.request_id, p, 8) || a.data != p + 16 ||
 	    bytes != (uint64_t)want || a.value != (type == SHM_LANE_TOKENS ? 0 : rd32(p, 8)))
-		fail("check_answer of type %u, %u bytes: n %u, value %u, data at +%td", type, len,
-		     a.n, a.value, a.data - p);
+		t_fuzz_fail("check_answer of type %u, %u bytes: n %u, value %u, data at +%td", type,
+			    len, a.n, a.value, a.data - p);
 	for (uint32_t i = 0; type == SHM_LANE_TOKENS && i < a.n; i++)
 		x ^= ((const uint32_t *)a.data)[i];
 	for (uint64_t i = 0; type != SHM_LANE_TOKENS && i < bytes; i++)
@@ -271,10 +257,10 @@ static void fx_reset(uint32_t start)
 
 	if (!fx.router.base) {
 		if (shm_mbox_create(&fx.router, &cfg, 1))
-			fail("cannot create the mailbox");
+			t_fuzz_fail("cannot create the mailbox");
 		fd = dup(fx.router.fd);
 		if (fd < 0 || shm_mbox_attach(&fx.w.mbox, fd))
-			fail("cannot attach the mailbox");
+			t_fuzz_fail("cannot attach the mailbox");
 		fx.w.fd = -1;
 		fx.w.registered = true; /* as pdw_register() leaves it, without a control socket */
 	}
@@ -287,7 +273,7 @@ static void fx_reset(uint32_t start)
 		atomic_store_explicit(&sh->tail, start, memory_order_relaxed);
 		if (shm_ring_attach(&fx.router.req[i], sh, LANE_BYTES, true) ||
 		    shm_ring_attach(&fx.w.mbox.req[i], fx.w.mbox.req[i].sh, LANE_BYTES, false))
-			fail("cannot attach lane %u at %#x", i, start);
+			t_fuzz_fail("cannot attach lane %u at %#x", i, start);
 		fx.put[i] = fx.pub[i] = fx.got[i] = 0;
 	}
 	fx.scribbled = false;
@@ -302,7 +288,7 @@ static void push(uint32_t lane, uint16_t type, uint32_t off, uint32_t len)
 	if (fx.scribbled)
 		return; /* no model any more */
 	if (fx.put[lane] - fx.got[lane] >= QCAP)
-		fail("lane %u holds %u records", lane, QCAP);
+		t_fuzz_fail("lane %u holds %u records", lane, QCAP);
 	e->kind = type == SHM_LANE_REQUEST  ? (ref_request(p, len) ? K_REQ : K_BAD)
 		  : type == SHM_LANE_CANCEL ? (len == 8 ? K_CANCEL : K_BAD)
 					    : K_SKIP;
@@ -322,7 +308,7 @@ static void write_rec(uint32_t lane, uint16_t type, const uint8_t *pay, uint32_t
 
 	if (!p) {
 		if (!fx.scribbled && err != -ENOBUFS)
-			fail("reserve of %u bytes on lane %u: %d", len, lane, err);
+			t_fuzz_fail("reserve of %u bytes on lane %u: %d", len, lane, err);
 		return;
 	}
 	memcpy(p, pay, len);
@@ -353,7 +339,7 @@ static void op_request(uint32_t lane, bool spoilt)
 		push(lane, SHM_LANE_REQUEST,
 		     ((r->local - shm_rec_space(len)) & r->mask) + SHM_REC_HDR, len);
 	else if (!fx.scribbled && rc != -ENOBUFS)
-		fail("put_request of %u bytes on lane %u: %d", len, lane, rc);
+		t_fuzz_fail("put_request of %u bytes on lane %u: %d", len, lane, rc);
 }
 
 /* One pdw_poll(): against the model while nothing was scribbled, and inside the ring always. */
@@ -366,7 +352,7 @@ static int do_poll(bool done)
 	const uint8_t *data, *rec;
 
 	if (rc && rc != -EAGAIN && rc != -EBADMSG)
-		fail("pdw_poll: %d", rc);
+		t_fuzz_fail("pdw_poll: %d", rc);
 	outcome[!rc ? (r.cancel ? O_POLL_CANCEL : O_POLL_REQ) : rc == -EAGAIN ? O_POLL_AGAIN
 									      : O_POLL_BAD]++;
 	for (lane = 0; lane < LANES && !fx.scribbled && !e; lane++) {
@@ -377,11 +363,11 @@ static int do_poll(bool done)
 		want = e ? (e->kind == K_BAD ? -EBADMSG : 0) : -EAGAIN;
 	}
 	if (!fx.scribbled && rc != want)
-		fail("pdw_poll: %d, the model %d", rc, want);
+		t_fuzz_fail("pdw_poll: %d, the model %d", rc, want);
 	if (rc)
 		return rc;
 	if (r.lane >= LANES)
-		fail("pdw_poll: lane %u", r.lane);
+		t_fuzz_fail("pdw_poll: lane %u", r.lane);
 	data = fx.w.mbox.req[r.lane].data;
 	if (!r.cancel)
 		check_inside(&r.req, r.tokens, r.params, data + SHM_REC_HDR, data + LANE_BYTES);
@@ -391,9 +377,10 @@ static int do_poll(bool done)
 		  (!r.cancel && ((const uint8_t *)r.tokens != rec + sizeof(r.req) ||
 				 r.params != rec + e->len - r.req.nparams ||
 				 memcmp(&r.req, rec, sizeof(r.req))))))
-		fail("pdw_poll: lane %u, cancel %d, id %llu; the model: lane %u at %u, kind %u",
-		     r.lane, r.cancel, (unsigned long long)r.req.request_id, lane - 1, e->off,
-		     e->kind);
+		t_fuzz_fail(
+		    "pdw_poll: lane %u, cancel %d, id %llu; the model: lane %u at %u, kind %u",
+		    r.lane, r.cancel, (unsigned long long)r.req.request_id, lane - 1, e->off,
+		    e->kind);
 	if (done) {
 		pdw_done_with(&fx.w, &r);
 		fx.got[r.lane] += !!e;
@@ -494,15 +481,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n = size ? size - 1 : 0;
 	uint8_t *block;
 
-	input_data = data;
-	input_size = size;
+	t_fuzz_set_input(data, size);
 	if (size && data[0] & 2)
 		run_ring(data + 1, n);
 	if (!size || data[0] & 2 || n > MAX_RECORD)
 		return 0;
 	block = malloc(n ? n : 1); /* exactly the record: a read past it is an ASan error */
 	if (!block)
-		fail("out of memory");
+		t_fuzz_fail("out of memory");
 	memcpy(block, data + 1, n);
 	if (data[0] & 1)
 		run_answer(answer_types[data[0] >> 2 & 7], block + !n, (uint32_t)n);
@@ -512,38 +498,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	return 0;
 }
 
-#ifdef PD_LIBFUZZER
-
-static void report_input(void)
-{
-	/* libFuzzer saves the input that aborted */
-}
-
-#else
+#ifndef PD_LIBFUZZER
 
 /* ---- The replay driver: records and operation lists built valid, then spoilt or not. ---- */
 
-#include <getopt.h>
-
-static const char *crash_path = "fuzz_lanes-crash.bin";
-static unsigned long cur_input;
 static struct t_rng rng;
 /* the largest request, one past both limits, with room for three spoils that lengthen it */
 static uint8_t buf[1 + 48 + 4 * SHM_LANE_MAX_TOKENS + SHM_LANE_MAX_PARAMS + 1 + 3 * 64];
-
-/* Save the input that failed, so `fuzz_lanes FILE` replays it. */
-static void report_input(void)
-{
-	FILE *fp;
-
-	fprintf(stderr, "fuzz_lanes: input %lu\n", cur_input);
-	fp = fopen(crash_path, "wb");
-	if (!fp || fwrite(input_data, 1, input_size, fp) != input_size || fclose(fp))
-		fprintf(stderr, "fuzz_lanes: cannot save the input to %s\n", crash_path);
-	else
-		fprintf(stderr, "fuzz_lanes: input saved to %s (%zu bytes)\n", crash_path,
-			input_size);
-}
 
 /* A record for a checker: a request or answer whose length fits its counts, which are valid
  * or, now and then, at a limit or one past it; then spoilt or not. */
@@ -608,33 +569,18 @@ int main(int argc, char **argv)
 {
 	unsigned long inputs = 100000;
 	uint64_t seed = 42;
-	FILE *fp;
-	int c;
+	int first;
 
-	while ((c = getopt(argc, argv, "n:s:")) != -1) {
-		if (c == 'n')
-			inputs = strtoul(optarg, NULL, 0);
-		else if (c == 's')
-			seed = strtoull(optarg, NULL, 0);
-		else {
-			fprintf(stderr, "usage: fuzz_lanes [-n INPUTS] [-s SEED] [FILE...]\n");
-			return 2;
-		}
-	}
-	for (int i = optind; i < argc; i++) {
-		fp = fopen(argv[i], "rb");
-		if (!fp) {
-			fprintf(stderr, "fuzz_lanes: %s: %s\n", argv[i], strerror(errno));
-			return 1;
-		}
-		LLVMFuzzerTestOneInput(buf, fread(buf, 1, sizeof(buf), fp));
-		fclose(fp);
-	}
-	if (optind < argc)
+	first = t_fuzz_args(argc, argv, &inputs, &seed);
+	if (first < 0)
+		return 2;
+	t_fuzz_replay_files(argc, argv, first);
+	if (first < argc)
 		inputs = 0;
 	t_rng_seed(&rng, seed);
-	for (cur_input = 0; cur_input < inputs; cur_input++)
-		LLVMFuzzerTestOneInput(buf, t_rng_chance(&rng, 60) ? gen_record(buf) : gen_ring(buf));
+	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++)
+		LLVMFuzzerTestOneInput(buf,
+				       t_rng_chance(&rng, 60) ? gen_record(buf) : gen_ring(buf));
 	if (fx.router.base) {
 		pdw_close(&fx.w);
 		shm_mbox_close(&fx.router);
@@ -645,7 +591,7 @@ int main(int argc, char **argv)
 	printf("fuzz_lanes: polls: %lu requests, %lu cancels, %lu -EAGAIN, %lu -EBADMSG; "
 	       "%lu rings scribbled\n", outcome[O_POLL_REQ], outcome[O_POLL_CANCEL],
 	       outcome[O_POLL_AGAIN], outcome[O_POLL_BAD], outcome[O_SCRIBBLED]);
-	printf("fuzz_lanes: %lu inputs, ok\n", inputs + (unsigned long)(argc - optind));
+	printf("fuzz_lanes: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
 	return 0;
 }
 

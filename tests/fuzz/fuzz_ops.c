@@ -24,7 +24,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,29 +35,12 @@
 #include "ops_writer.h"
 #include "rng.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
+
+const char t_fuzz_name[] = "fuzz_ops";
 
 static int input_fd = -1;
 static char input_path[64];
-static const uint8_t *input_data; /* the input being decoded, for the crash report */
-static size_t input_size;
-
-static void report_input(void);
-
-static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "fuzz_ops: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	report_input();
-	abort();
-}
 
 /* The file inputs go through: a memfd opened by its /proc path, else an unlinked temp file. */
 static void input_unlink(void)
@@ -78,7 +60,7 @@ static void input_open(void)
 	strcpy(input_path, "/tmp/fuzz_ops-XXXXXX");
 	input_fd = mkstemp(input_path);
 	if (input_fd < 0)
-		fail("no memfd and no temp file: %s", strerror(errno));
+		t_fuzz_fail("no memfd and no temp file: %s", strerror(errno));
 	atexit(input_unlink);
 }
 
@@ -89,12 +71,12 @@ static void input_write(const uint8_t *data, size_t size)
 	if (input_fd < 0)
 		input_open();
 	if (ftruncate(input_fd, 0) < 0)
-		fail("ftruncate: %s", strerror(errno));
+		t_fuzz_fail("ftruncate: %s", strerror(errno));
 	while (done < size) {
 		ssize_t w = pwrite(input_fd, data + done, size - done, (off_t)done);
 
 		if (w <= 0)
-			fail("pwrite: %s", strerror(errno));
+			t_fuzz_fail("pwrite: %s", strerror(errno));
 		done += (size_t)w;
 	}
 }
@@ -107,8 +89,9 @@ static void check_inside(const struct pdops_file *f, const void *p, size_t count
 
 	if (at < base + PDOPS_HEADER_BYTES || at > base + f->len ||
 	    count > (base + f->len - at) / size)
-		fail("op %lu: array of %zu x %zu bytes at +%#lx, outside %zu bytes",
-		     (unsigned long)f->done, count, size, (unsigned long)(at - base), f->len);
+		t_fuzz_fail("op %lu: array of %zu x %zu bytes at +%#lx, outside %zu bytes",
+			    (unsigned long)f->done, count, size, (unsigned long)(at - base),
+			    f->len);
 	if (count) {
 		(void)b[0];
 		(void)b[count * size - 1];
@@ -123,22 +106,22 @@ static void check_answers(const struct pdops_file *f, const struct pdops_op *op)
 
 		if (e->worker >= f->num_workers || e->depth == 0 || e->depth > op->n ||
 		    (i > 0 && e->worker <= op->expect[i - 1].worker))
-			fail("op %lu: answer %u (%u, %u) accepted", (unsigned long)f->done, i,
-			     e->worker, e->depth);
+			t_fuzz_fail("op %lu: answer %u (%u, %u) accepted", (unsigned long)f->done,
+				    i, e->worker, e->depth);
 	}
 }
 
 static void check_op(const struct pdops_file *f, const struct pdops_op *op)
 {
 	if (op->kind < PDOPS_STORE || op->kind > PDOPS_MATCH || op->worker >= f->num_workers)
-		fail("op %lu: kind %u for worker %u accepted", (unsigned long)f->done, op->kind,
-		     op->worker);
+		t_fuzz_fail("op %lu: kind %u for worker %u accepted", (unsigned long)f->done,
+			    op->kind, op->worker);
 	if ((op->kind == PDOPS_CLEAR && op->n) || (op->kind != PDOPS_MATCH && op->nexpect))
-		fail("op %lu: kind %u with n %u, %u answers", (unsigned long)f->done, op->kind,
-		     op->n, op->nexpect);
+		t_fuzz_fail("op %lu: kind %u with n %u, %u answers", (unsigned long)f->done,
+			    op->kind, op->n, op->nexpect);
 	if (f->done > f->num_ops || f->off > f->len)
-		fail("op %lu of %lu ends at %zu of %zu", (unsigned long)f->done,
-		     (unsigned long)f->num_ops, f->off, f->len);
+		t_fuzz_fail("op %lu of %lu ends at %zu of %zu", (unsigned long)f->done,
+			    (unsigned long)f->num_ops, f->off, f->len);
 	if (op->kind == PDOPS_STORE)
 		check_inside(f, op->blocks, op->n, sizeof(*op->blocks));
 	if (op->kind == PDOPS_REMOVE || op->kind == PDOPS_MATCH)
@@ -169,19 +152,19 @@ static int decode_pass(struct pdops_file *f, uint64_t *h)
 								   : (const void *)op.hashes));
 	}
 	if (rc == 0 && (f->done != f->num_ops || f->off != f->len))
-		fail("clean end after %lu of %lu ops, at %zu of %zu", (unsigned long)f->done,
-		     (unsigned long)f->num_ops, f->off, f->len);
+		t_fuzz_fail("clean end after %lu of %lu ops, at %zu of %zu", (unsigned long)f->done,
+			    (unsigned long)f->num_ops, f->off, f->len);
 	if (rc == 0)
 		return 0;
 	off = f->off;
 	if (rc != -EBADMSG || pdops_next(f, &op) != rc || f->off != off)
-		fail("op %lu: error %d does not stay -EBADMSG in place", (unsigned long)f->done,
-		     rc);
+		t_fuzz_fail("op %lu: error %d does not stay -EBADMSG in place",
+			    (unsigned long)f->done, rc);
 	return rc;
 }
 
 /* 0: rejected by pdops_open, 1: by pdops_next, 2: accepted. */
-static int decode(void)
+static int decode(size_t size)
 {
 	static const struct pdops_file zero;
 	uint64_t h1 = 0, h2 = 0, done;
@@ -191,32 +174,31 @@ static int decode(void)
 	rc = pdops_open(&f, input_path);
 	if (rc < 0) {
 		if (rc != -EBADMSG || memcmp(&f, &zero, sizeof(f)))
-			fail("pdops_open: %d (%s), stream %szeroed", rc, strerror(-rc),
-			     memcmp(&f, &zero, sizeof(f)) ? "not " : "");
+			t_fuzz_fail("pdops_open: %d (%s), stream %szeroed", rc, strerror(-rc),
+				    memcmp(&f, &zero, sizeof(f)) ? "not " : "");
 		return 0;
 	}
-	if (f.len != input_size || f.len < PDOPS_HEADER_BYTES || memcmp(f.base, PDOPS_MAGIC, 8) ||
+	if (f.len != size || f.len < PDOPS_HEADER_BYTES || memcmp(f.base, PDOPS_MAGIC, 8) ||
 	    f.base[8] != PDOPS_VERSION || f.base[9] || f.base[10] || f.base[11] || !f.block_size ||
 	    !f.num_workers || f.num_ops > (f.len - PDOPS_HEADER_BYTES) / 16)
-		fail("header accepted: %zu bytes, block size %u, %u workers, %lu ops", f.len,
-		     f.block_size, f.num_workers, (unsigned long)f.num_ops);
+		t_fuzz_fail("header accepted: %zu bytes, block size %u, %u workers, %lu ops", f.len,
+			    f.block_size, f.num_workers, (unsigned long)f.num_ops);
 	rc = decode_pass(&f, &h1);
 	done = f.done;
 	pdops_rewind(&f);
 	rc2 = decode_pass(&f, &h2);
 	if (rc2 != rc || f.done != done || h2 != h1)
-		fail("second pass differs: %d after %lu ops, then %d after %lu", rc,
-		     (unsigned long)done, rc2, (unsigned long)f.done);
+		t_fuzz_fail("second pass differs: %d after %lu ops, then %d after %lu", rc,
+			    (unsigned long)done, rc2, (unsigned long)f.done);
 	pdops_close(&f);
 	return rc == 0 ? 2 : 1;
 }
 
 static int decode_input(const uint8_t *data, size_t size)
 {
-	input_data = data;
-	input_size = size;
+	t_fuzz_set_input(data, size);
 	input_write(data, size);
-	return decode();
+	return decode(size);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -225,37 +207,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	return 0;
 }
 
-#ifdef PD_LIBFUZZER
-
-static void report_input(void)
-{
-	/* libFuzzer saves the input that aborted */
-}
-
-#else
+#ifndef PD_LIBFUZZER
 
 /* ---- The replay driver: seeded mutations of fixed seeds, for meson test. ---- */
 
 #include <getopt.h>
 
 #define MAX_FIELDS 4096
-
-static const char *crash_path = "fuzz_ops-crash.ops";
-static const char *cur_seed = "?"; /* which seed the failing input was made from */
-static unsigned long cur_mutation;
-
-/* Save the input that failed, so `fuzz_ops -n 0 FILE` replays it. */
-static void report_input(void)
-{
-	fprintf(stderr, "fuzz_ops: input %lu, from %s\n", cur_mutation, cur_seed);
-	FILE *fp = fopen(crash_path, "wb");
-
-	if (!fp || fwrite(input_data, 1, input_size, fp) != input_size || fclose(fp))
-		fprintf(stderr, "fuzz_ops: cannot save the input to %s\n", crash_path);
-	else
-		fprintf(stderr, "fuzz_ops: input saved to %s (%zu bytes)\n", crash_path,
-			input_size);
-}
 
 /*
  * splitmix64 (rng.h), so a run replays from its seed. t_rng_next() steps the state and t_mix64()
@@ -474,6 +432,8 @@ int main(int argc, char **argv)
 	struct input in = {0};
 	int c;
 
+	t_fuzz_crash_ext = ".ops";
+	t_fuzz_input_from = "?"; /* which seed the failing input was made from */
 	while ((c = getopt(argc, argv, "n:s:t:")) != -1) {
 		if (c == 'n')
 			mutations = strtoul(optarg, NULL, 0);
@@ -504,12 +464,12 @@ int main(int argc, char **argv)
 		return 1;
 	t_rng_seed(&rng, seed - T_RNG_STEP);
 	for (size_t i = 0; i < nseeds; i++) {
-		cur_seed = seeds[i].name;
-		cur_mutation = inputs;
+		t_fuzz_input_from = seeds[i].name;
+		t_fuzz_input_number = inputs;
 		outcome[decode_input(seeds[i].o.buf, seeds[i].o.len)]++;
 		inputs++;
 		for (unsigned long m = i; m < mutations; m += nseeds, inputs++) {
-			cur_mutation = inputs;
+			t_fuzz_input_number = inputs;
 			mutate(&in, &seeds[i], &seeds[rng_below(nseeds)]);
 			outcome[decode_input(in.buf, in.len)]++;
 		}

@@ -32,7 +32,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,17 +41,16 @@
 #include "proto.h"
 #include "register.h"
 #include "rng.h"
+
+#include "fuzz_common.h"
 #include "route.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+const char t_fuzz_name[] = "fuzz_register";
 
 #define TARGETS 64u
 #define WORKER 7u
 #define HDR sizeof(struct pdw_hdr)
 #define FIXED (HDR + sizeof(struct pdw_register))
-
-static const uint8_t *input_data; /* the input being run, for the crash report */
-static size_t input_size;
 
 /* Decoder outcomes: 0, -EBADMSG, -EPROTONOSUPPORT, -EINVAL; then rt_register() successes. */
 static unsigned long outcome[5];
@@ -62,23 +60,6 @@ static struct {
 	struct pdx x;
 	struct rt_router rt;
 } g;
-
-static void report_input(void);
-
-static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "fuzz_register: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	report_input();
-	abort();
-}
 
 static void router_setup(void)
 {
@@ -93,10 +74,10 @@ static void router_setup(void)
 	cfg.max_prompt_blocks = 256;
 	cfg.transfer = (struct rt_transfer){"rack", RT_TRANSFER_REQUIRED, 0.5};
 	if (pdx_init(&g.x, &xc))
-		fail("pdx_init");
+		t_fuzz_fail("pdx_init");
 	rc = rt_router_init(&g.rt, &cfg, &g.x);
 	if (rc)
-		fail("rt_router_init: %d", rc);
+		t_fuzz_fail("rt_router_init: %d", rc);
 	g.ready = true;
 }
 
@@ -106,9 +87,9 @@ static void check_string(const char *what, unsigned i, const char *s, size_t cap
 	const char *end = memchr(s, '\0', cap);
 
 	if (!end)
-		fail("%s %u is not terminated within its %zu bytes", what, i, cap);
+		t_fuzz_fail("%s %u is not terminated within its %zu bytes", what, i, cap);
 	if ((size_t)(end - s) > RT_NAME_MAX)
-		fail("%s %u is %td bytes long", what, i, end - s);
+		t_fuzz_fail("%s %u is %td bytes long", what, i, end - s);
 }
 
 /* A registration encodes back to the message it was decoded from, byte for byte. */
@@ -145,11 +126,12 @@ static void check_reencode(const struct ctl_registration *r, const uint8_t *in, 
 	memcpy(&h, in, sizeof(h));
 	len = pdw_register_encode(out, sizeof(out), &a, h.seq);
 	if (len != (long)n)
-		fail("a registration decoded from %zu bytes encodes to %ld", n, len);
+		t_fuzz_fail("a registration decoded from %zu bytes encodes to %ld", n, len);
 	for (size_t i = 0; i < n; i++)
 		if (out[i] != in[i])
-			fail("a registration encodes back to other bytes: byte %zu is %#x, not %#x",
-			     i, out[i], in[i]);
+			t_fuzz_fail(
+			    "a registration encodes back to other bytes: byte %zu is %#x, not %#x",
+			    i, out[i], in[i]);
 }
 
 static void check_decoded(const struct ctl_registration *r, const uint8_t *in, size_t n)
@@ -160,18 +142,18 @@ static void check_decoded(const struct ctl_registration *r, const uint8_t *in, s
 	check_string("endpoint", 0, r->endpoint, sizeof(r->endpoint));
 	check_string("transfer domain", 0, r->transfer, sizeof(r->transfer));
 	if (s->model != r->model)
-		fail("the spec's model is not the registration's");
+		t_fuzz_fail("the spec's model is not the registration's");
 	if (s->transfer.domain && s->transfer.domain != r->transfer)
-		fail("the spec's transfer domain is not the registration's");
+		t_fuzz_fail("the spec's transfer domain is not the registration's");
 	if (s->transfer.domain && !r->transfer[0])
-		fail("an empty transfer domain decoded as a name");
+		t_fuzz_fail("an empty transfer domain decoded as a name");
 	if (s->ndomains > RT_DOMAIN_KEYS)
-		fail("%zu domains", s->ndomains);
+		t_fuzz_fail("%zu domains", s->ndomains);
 	if (s->domains != r->domains)
-		fail("the spec's domains are not the registration's");
+		t_fuzz_fail("the spec's domains are not the registration's");
 	for (unsigned i = 0; i < s->ndomains; i++) {
 		if (s->domains[i].name != r->names[i] || s->domains[i].value != r->values[i])
-			fail("domain %u points elsewhere", i);
+			t_fuzz_fail("domain %u points elsewhere", i);
 		check_string("domain name", i, r->names[i], sizeof(r->names[i]));
 		check_string("domain value", i, r->values[i], sizeof(r->values[i]));
 	}
@@ -192,13 +174,13 @@ static void check_register(const struct ctl_registration *r)
 		outcome[4]++;
 		rc = rt_unregister(&g.rt, WORKER);
 		if (rc)
-			fail("rt_unregister: %d", rc);
+			t_fuzz_fail("rt_unregister: %d", rc);
 		return;
 	}
 	if (rc != -EINVAL && rc != -ENOSPC && rc != -ENOMEM)
-		fail("rt_register: %d (%s)", rc, err);
+		t_fuzz_fail("rt_register: %d (%s)", rc, err);
 	if (!err[0] || !memchr(err, '\0', sizeof(err)))
-		fail("rt_register: %d without a reason", rc);
+		t_fuzz_fail("rt_register: %d without a reason", rc);
 }
 
 /* One input: what the decoder returned. */
@@ -226,57 +208,32 @@ static int run_one(const uint8_t *data, size_t size)
 		outcome[3]++;
 		break;
 	default:
-		fail("decode of %zu bytes: %d (%s)", size, rc, err);
+		t_fuzz_fail("decode of %zu bytes: %d (%s)", size, rc, err);
 	}
 	if (rc && (!err[0] || !memchr(err, '\0', sizeof(err))))
-		fail("decode of %zu bytes: %d without a terminated reason", size, rc);
+		t_fuzz_fail("decode of %zu bytes: %d without a terminated reason", size, rc);
 	again = ctl_registration_decode(&r, data, size, NULL, 0);
 	if (again != rc)
-		fail("decode of %zu bytes: %d, and %d without a reason buffer", size, rc, again);
+		t_fuzz_fail("decode of %zu bytes: %d, and %d without a reason buffer", size, rc,
+			    again);
 	return rc;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	input_data = data;
-	input_size = size;
+	t_fuzz_set_input(data, size);
 	run_one(data, size);
 	return 0;
 }
 
-#ifdef PD_LIBFUZZER
-
-static void report_input(void)
-{
-	/* libFuzzer saves the input that aborted */
-}
-
-#else
+#ifndef PD_LIBFUZZER
 
 /* ---- The replay driver: messages a worker encoded, then mutated; for meson test. ---- */
-
-#include <getopt.h>
 
 #define BUF 8192u
 #define EVERY 1024u /* inputs between two fresh routers */
 
-static const char *crash_path = "fuzz_register-crash.bin";
-static unsigned long cur_input;
 static struct t_rng rng;
-
-/* Save the input that failed, so `fuzz_register FILE` replays it. */
-static void report_input(void)
-{
-	FILE *fp;
-
-	fprintf(stderr, "fuzz_register: input %lu\n", cur_input);
-	fp = fopen(crash_path, "wb");
-	if (!fp || fwrite(input_data, 1, input_size, fp) != input_size || fclose(fp))
-		fprintf(stderr, "fuzz_register: cannot save the input to %s\n", crash_path);
-	else
-		fprintf(stderr, "fuzz_register: input saved to %s (%zu bytes)\n", crash_path,
-			input_size);
-}
 
 static void router_reset(void)
 {
@@ -375,7 +332,7 @@ static void generate(struct input *in)
 	}
 	len = pdw_register_encode(in->buf, sizeof(in->buf), &a, (uint32_t)t_rng_next(&rng));
 	if (len < (long)FIXED)
-		fail("pdw_register_encode: %ld", len);
+		t_fuzz_fail("pdw_register_encode: %ld", len);
 	in->len = (size_t)len;
 	longest = strlen(a.model) > longest ? strlen(a.model) : longest;
 	longest = strlen(a.endpoint) > longest ? strlen(a.endpoint) : longest;
@@ -390,7 +347,7 @@ static void generate(struct input *in)
 		longest = strlen(vp[i]) > longest ? strlen(vp[i]) : longest;
 	}
 	if (at != in->len)
-		fail("pdw_register_encode: %zu bytes, the fields say %zu", in->len, at);
+		t_fuzz_fail("pdw_register_encode: %zu bytes, the fields say %zu", in->len, at);
 	in->ndom = a.ndomains;
 	in->want = longest > RT_NAME_MAX || a.ndomains > RT_DOMAIN_KEYS ? -EINVAL : 0;
 }
@@ -525,28 +482,12 @@ static int run_copy(const uint8_t *data, size_t n, size_t off)
 	int rc;
 
 	if (!p)
-		fail("out of memory");
+		t_fuzz_fail("out of memory");
 	memcpy(p + off, data, n);
-	input_data = p + off;
-	input_size = n;
+	t_fuzz_set_input(p + off, n);
 	rc = run_one(p + off, n);
 	free(p);
 	return rc;
-}
-
-static void run_file(const char *path)
-{
-	static uint8_t buf[1 << 20];
-	FILE *fp = fopen(path, "rb");
-	size_t n;
-
-	if (!fp) {
-		fprintf(stderr, "fuzz_register: %s: %s\n", path, strerror(errno));
-		exit(1);
-	}
-	n = fread(buf, 1, sizeof(buf), fp);
-	fclose(fp);
-	run_copy(buf, n, 0);
 }
 
 int main(int argc, char **argv)
@@ -554,34 +495,26 @@ int main(int argc, char **argv)
 	static struct input in;
 	unsigned long inputs = 100000, whole = 0;
 	uint64_t seed = 42;
-	int c, rc;
+	int first, rc;
 
-	while ((c = getopt(argc, argv, "n:s:")) != -1) {
-		if (c == 'n')
-			inputs = strtoul(optarg, NULL, 0);
-		else if (c == 's')
-			seed = strtoull(optarg, NULL, 0);
-		else {
-			fprintf(stderr, "usage: fuzz_register [-n INPUTS] [-s SEED] [FILE...]\n");
-			return 2;
-		}
-	}
-	for (int i = optind; i < argc; i++)
-		run_file(argv[i]);
-	if (optind < argc)
+	first = t_fuzz_args(argc, argv, &inputs, &seed);
+	if (first < 0)
+		return 2;
+	t_fuzz_replay_files(argc, argv, first);
+	if (first < argc)
 		inputs = 0;
 	t_rng_seed(&rng, seed);
-	for (cur_input = 0; cur_input < inputs; cur_input++) {
+	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++) {
 		bool mutated = t_rng_chance(&rng, 80);
 
-		if (cur_input % EVERY == 0)
+		if (t_fuzz_input_number % EVERY == 0)
 			router_reset();
 		generate(&in);
 		for (uint32_t k = mutated ? 1 + t_rng_below(&rng, 3) : 0; k; k--)
 			mutate_once(&in);
-		rc = run_copy(in.buf, in.len, cur_input % 8);
+		rc = run_copy(in.buf, in.len, t_fuzz_input_number % 8);
 		if (!mutated && rc != in.want)
-			fail("a message as encoded: %d, want %d", rc, in.want);
+			t_fuzz_fail("a message as encoded: %d, want %d", rc, in.want);
 		whole += !mutated;
 	}
 	router_reset();
@@ -589,7 +522,7 @@ int main(int argc, char **argv)
 	       "-EPROTONOSUPPORT %lu, -EINVAL %lu\n",
 	       (unsigned long long)seed, whole, outcome[0], outcome[4], outcome[1], outcome[2],
 	       outcome[3]);
-	printf("fuzz_register: %lu inputs, ok\n", inputs + (unsigned long)(argc - optind));
+	printf("fuzz_register: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
 	return 0;
 }
 

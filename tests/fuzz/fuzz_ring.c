@@ -19,7 +19,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +29,9 @@
 #include "ring.h"
 #include "rng.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
+
+const char t_fuzz_name[] = "fuzz_ring";
 
 /* The input: size selector, control byte, tail, head, data, then heads published later. */
 #define IN_SIZE 0
@@ -41,25 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_SIZE 4096u
 #define MAX_UPDATES 64
 
-static const uint8_t *input_data; /* the input being run, for the crash report */
-static size_t input_size;
-
-static void report_input(void);
-
-static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "fuzz_ring: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	report_input();
-	abort();
-}
+static unsigned long outcome[3]; /* attach refused, ran dry, -EBADMSG */
 
 static uint32_t ring_size(const uint8_t *in, size_t n)
 {
@@ -90,7 +73,7 @@ static void *ring_mem(uint32_t size)
 		    mmap(NULL, rw + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 		if (base == MAP_FAILED || mprotect(base + page, rw, PROT_READ | PROT_WRITE))
-			fail("cannot map the ring");
+			t_fuzz_fail("cannot map the ring");
 		rw_end = base + page + rw;
 	}
 	return rw_end - shm_ring_bytes(size);
@@ -167,19 +150,19 @@ static void check_record(const struct shm_ring *r, const struct shm_rec *rec,
 
 	if (rec->payload != data + e->off + SHM_REC_HDR || rec->len != e->len ||
 	    rec->type != e->type || rec->flags != e->flags)
-		fail(
+		t_fuzz_fail(
 		    "record at %u, %u bytes, type %u, flags %#x; the reference: at %u, %u, %u, %#x",
 		    (unsigned)(rec->payload - data - SHM_REC_HDR), rec->len, rec->type, rec->flags,
 		    e->off, e->len, e->type, e->flags);
 	if (rec->type == SHM_REC_PAD || (uintptr_t)rec->payload % 8 ||
 	    rec->payload < data + SHM_REC_HDR || rec->len > r->size - SHM_REC_HDR ||
 	    (size_t)(rec->payload - data) + rec->len > r->size)
-		fail("record of %u bytes at %td, type %u, leaves %u bytes of data", rec->len,
-		     rec->payload - data, rec->type, r->size);
+		t_fuzz_fail("record of %u bytes at %td, type %u, leaves %u bytes of data", rec->len,
+			    rec->payload - data, rec->type, r->size);
 	if ((r->local & r->mask) != e->off || (uint32_t)(r->local - tail0) > head - tail0 ||
 	    space > (uint32_t)(head - r->local))
-		fail("record at %#x (%u bytes) outside what was published: %#x to %#x", r->local,
-		     space, tail0, head);
+		t_fuzz_fail("record at %#x (%u bytes) outside what was published: %#x to %#x",
+			    r->local, space, tail0, head);
 	for (uint32_t i = 0; i < rec->len; i++)
 		sink ^= rec->payload[i];
 	(void)sink;
@@ -206,7 +189,8 @@ static int run_ring(const uint8_t *in, size_t n)
 	attach_rc = shm_ring_attach(&r, sh, size, false);
 	ref_attach(&m, size, head, tail0);
 	if (attach_rc != (m.broken ? -EBADMSG : 0))
-		fail("attach of head %#x, tail %#x, size %u: %d", head, tail0, size, attach_rc);
+		t_fuzz_fail("attach of head %#x, tail %#x, size %u: %d", head, tail0, size,
+			    attach_rc);
 	for (;;) {
 		struct shm_rec rec = {0};
 		struct ref_rec e = {0};
@@ -214,16 +198,17 @@ static int run_ring(const uint8_t *in, size_t n)
 		rc = shm_ring_peek(&r, &rec);
 		want = ref_peek(&m, sh->data, head, &e);
 		if (rc != want)
-			fail("peek %zu at %#x, head %#x: %d, the reference %d", nrec, r.local, head,
-			     rc, want);
+			t_fuzz_fail("peek %zu at %#x, head %#x: %d, the reference %d", nrec,
+				    r.local, head, rc, want);
 		if (rc == -EBADMSG)
 			break;
 		if (rc == -EAGAIN) {
 			if (r.local != m.pos)
-				fail("empty at %#x, the reference at %#x", r.local, m.pos);
+				t_fuzz_fail("empty at %#x, the reference at %#x", r.local, m.pos);
 			shm_ring_release(&r);
 			if (load_tail(sh) != r.local)
-				fail("tail %#x after release at %#x", load_tail(sh), r.local);
+				t_fuzz_fail("tail %#x after release at %#x", load_tail(sh),
+					    r.local);
 			if (next + 4 > n || next >= IN_DATA + size + 4 * MAX_UPDATES)
 				break;
 			head = rd32(in, n, next);
@@ -236,7 +221,7 @@ static int run_ring(const uint8_t *in, size_t n)
 			struct shm_rec again = {0};
 
 			if (shm_ring_peek(&r, &again) || again.payload != rec.payload)
-				fail("peek %zu again gave another record", nrec);
+				t_fuzz_fail("peek %zu again gave another record", nrec);
 		}
 		shm_ring_consume(&r);
 		m.pos += shm_rec_space(e.len);
@@ -247,9 +232,9 @@ static int run_ring(const uint8_t *in, size_t n)
 		}
 	}
 	if (shm_ring_peek(&r, &(struct shm_rec){0}) != rc)
-		fail("%d did not stick", rc);
+		t_fuzz_fail("%d did not stick", rc);
 	if (memcmp(copy, sh->data, size))
-		fail("the consumer wrote into the data");
+		t_fuzz_fail("the consumer wrote into the data");
 	if (attach_rc)
 		return 0;
 	return rc == -EAGAIN ? 1 : 2;
@@ -257,41 +242,14 @@ static int run_ring(const uint8_t *in, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	input_data = data;
-	input_size = size;
-	run_ring(data, size);
+	t_fuzz_set_input(data, size);
+	outcome[run_ring(data, size)]++;
 	return 0;
 }
 
-#ifdef PD_LIBFUZZER
-
-static void report_input(void)
-{
-	/* libFuzzer saves the input that aborted */
-}
-
-#else
+#ifndef PD_LIBFUZZER
 
 /* ---- The replay driver: rings a real producer filled, then mutated; for meson test. ---- */
-
-#include <getopt.h>
-
-static const char *crash_path = "fuzz_ring-crash.bin";
-static unsigned long cur_input;
-
-/* Save the input that failed, so `fuzz_ring FILE` replays it. */
-static void report_input(void)
-{
-	FILE *fp;
-
-	fprintf(stderr, "fuzz_ring: input %lu\n", cur_input);
-	fp = fopen(crash_path, "wb");
-	if (!fp || fwrite(input_data, 1, input_size, fp) != input_size || fclose(fp))
-		fprintf(stderr, "fuzz_ring: cannot save the input to %s\n", crash_path);
-	else
-		fprintf(stderr, "fuzz_ring: input saved to %s (%zu bytes)\n", crash_path,
-			input_size);
-}
 
 static struct t_rng rng;
 
@@ -361,7 +319,7 @@ static void fill_ring(struct input *in, void *scratch)
 	atomic_store_explicit(&((struct shm_ring_shared *)scratch)->tail, start,
 			      memory_order_relaxed);
 	if (shm_ring_attach(&p, scratch, size, true))
-		fail("producer attach at %#x", start);
+		t_fuzz_fail("producer attach at %#x", start);
 	for (;;) {
 		uint32_t len = record_len(size);
 		uint8_t *pay = shm_ring_reserve(&p, (uint16_t)(1 + t_rng_below(&rng, 0xFFFF)),
@@ -383,7 +341,7 @@ static void fill_ring(struct input *in, void *scratch)
 		}
 	}
 	if (err != -ENOBUFS)
-		fail("producer: %d", err);
+		t_fuzz_fail("producer: %d", err);
 	shm_ring_publish(&p);
 	memcpy(in->buf + next, &p.published, 4);
 	next += 4;
@@ -458,49 +416,24 @@ static void mutate_once(struct input *in, uint32_t size)
 	}
 }
 
-static void run_file(const char *path, unsigned long *outcome)
-{
-	static uint8_t buf[1 << 16];
-	FILE *fp = fopen(path, "rb");
-	size_t n;
-
-	if (!fp) {
-		fprintf(stderr, "fuzz_ring: %s: %s\n", path, strerror(errno));
-		exit(1);
-	}
-	n = fread(buf, 1, sizeof(buf), fp);
-	fclose(fp);
-	input_data = buf;
-	input_size = n;
-	outcome[run_ring(buf, n)]++;
-}
-
 int main(int argc, char **argv)
 {
 	static struct input in;
-	unsigned long inputs = 100000, outcome[3] = {0};
+	unsigned long inputs = 100000;
 	uint64_t seed = 42;
 	void *scratch;
-	int c;
+	int first;
 
-	while ((c = getopt(argc, argv, "n:s:")) != -1) {
-		if (c == 'n')
-			inputs = strtoul(optarg, NULL, 0);
-		else if (c == 's')
-			seed = strtoull(optarg, NULL, 0);
-		else {
-			fprintf(stderr, "usage: fuzz_ring [-n INPUTS] [-s SEED] [FILE...]\n");
-			return 2;
-		}
-	}
-	for (int i = optind; i < argc; i++)
-		run_file(argv[i], outcome);
-	if (optind < argc)
+	first = t_fuzz_args(argc, argv, &inputs, &seed);
+	if (first < 0)
+		return 2;
+	t_fuzz_replay_files(argc, argv, first);
+	if (first < argc)
 		inputs = 0;
 	if (posix_memalign(&scratch, 64, shm_ring_bytes(MAX_SIZE)))
 		return 1;
 	t_rng_seed(&rng, seed);
-	for (cur_input = 0; cur_input < inputs; cur_input++) {
+	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++) {
 		uint32_t size;
 
 		fill_ring(&in, scratch);
@@ -509,14 +442,12 @@ int main(int argc, char **argv)
 			for (uint32_t k = 1 + t_rng_below(&rng, 3); k; k--)
 				mutate_once(&in, size);
 		}
-		input_data = in.buf;
-		input_size = in.len;
-		outcome[run_ring(in.buf, in.len)]++;
+		LLVMFuzzerTestOneInput(in.buf, in.len);
 	}
 	free(scratch);
 	printf("fuzz_ring: seed %llu; attach refused %lu, ran dry %lu, -EBADMSG %lu\n",
 	       (unsigned long long)seed, outcome[0], outcome[1], outcome[2]);
-	printf("fuzz_ring: %lu inputs, ok\n", inputs + (unsigned long)(argc - optind));
+	printf("fuzz_ring: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
 	return 0;
 }
 
