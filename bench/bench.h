@@ -45,6 +45,12 @@ int bench_route_main(int argc, char **argv);
  */
 int bench_mailbox_main(int argc, char **argv);
 
+/*
+ * pdbench load --router ADDR [--admin PATH] [--trace FILE] ...: requests against a running
+ * pdrouter; client latency, throughput, KV hit rate and the router's own latency.
+ */
+int bench_load_main(int argc, char **argv);
+
 /**
  * bench_parse_u32 - parse a decimal integer in [@min, @max] for option @name.
  *

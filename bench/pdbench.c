@@ -24,6 +24,7 @@ static const struct bench_cmd bench_cmds[] = {
     {"index", bench_index_main, "replay an .ops stream on the prefix index (pdx_*)"},
     {"route", bench_route_main, "routing decision latency over a populated index (rt_*)"},
     {"mailbox", bench_mailbox_main, "hand-off over a shared-memory lane ring (shm_ring_*)"},
+    {"load", bench_load_main, "drive a running pdrouter: latency, throughput, KV hit rate"},
 };
 
 #define BENCH_NCMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))

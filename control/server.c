@@ -69,7 +69,8 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
 	s->conns = calloc(s->cfg.max_conns, sizeof(*s->conns));
 	s->draining = calloc(s->cfg.max_conns, sizeof(*s->draining));
 	s->buf = malloc(PDW_MSG_MAX);
-	if (!s->conns || !s->draining || !s->buf)
+	if (!s->conns || !s->draining || !s->buf ||
+	    s->cfg.ncores > SHM_MBOX_LANES_MAX)
 		goto out;
 	strcpy(addr.sun_path, cfg->path);
 	rc = clear_stale(&addr);
@@ -128,6 +129,70 @@ static void accept_all(struct ctl_server *s, uint64_t now_ns)
 	}
 }
 
+static void peer_free(struct dp_peer *p)
+{
+	shm_mbox_close(&p->mbox);
+	free(p);
+}
+
+/*
+ * Tell every core what it was not told yet about @p: @type DP_CMD_PEER_ADD or _GONE, @told its
+ * mask of cores told. A full command ring is tried again next round.
+ */
+static void tell_cores(struct ctl_server *s, struct dp_peer *p, uint16_t type, uint64_t *told)
+{
+	for (uint32_t k = 0; k < s->cfg.ncores; k++) {
+		struct dp_cmd cmd = {.peer = p};
+		uint8_t *rec;
+		int err;
+
+		if (*told & (1ull << k))
+			continue;
+		rec = shm_ring_reserve(s->cfg.cmd[k], type, 0, sizeof(cmd), &err);
+		if (!rec)
+			continue;
+		memcpy(rec, &cmd, sizeof(cmd));
+		shm_ring_commit(s->cfg.cmd[k]);
+		shm_ring_publish(s->cfg.cmd[k]);
+		*told |= 1ull << k;
+	}
+}
+
+/* Unmap the mailboxes of departed workers that every core has let go of. */
+static void reap_retired(struct ctl_server *s)
+{
+	uint64_t all = s->cfg.ncores == 64 ? ~0ull : (1ull << s->cfg.ncores) - 1;
+
+	for (uint32_t k = s->nretired; k-- > 0;) {
+		struct dp_peer *p = s->retired[k];
+
+		tell_cores(s, p, DP_CMD_PEER_GONE, &p->told_gone);
+		/* A9: each core's last touch of the mailbox happened before its ack; pairs with
+		 * R9 in the core. */
+		if (p->told_gone != all ||
+		    atomic_load_explicit(&p->gone_acks, memory_order_acquire) < s->cfg.ncores)
+			continue;
+		peer_free(p);
+		s->retired[k] = s->retired[--s->nretired];
+	}
+}
+
+/* Keep @p until every core has let go of it; when no room can be had, it is never freed. */
+static void retire(struct ctl_server *s, struct dp_peer *p)
+{
+	if (s->nretired == s->retired_cap) {
+		uint32_t cap = s->retired_cap ? 2 * s->retired_cap : 16;
+		struct dp_peer **r = realloc(s->retired, cap * sizeof(*r));
+
+		if (!r)
+			return; /* a leak, where freeing could pull a mailbox from under a core */
+		s->retired = r;
+		s->retired_cap = cap;
+	}
+	s->retired[s->nretired++] = p;
+	reap_retired(s);
+}
+
 /* Forget connection @i: its worker leaves the registry and the index. */
 static void drop(struct ctl_server *s, uint32_t i)
 {
@@ -136,15 +201,19 @@ static void drop(struct ctl_server *s, uint32_t i)
 	if (c->registered) {
 		/* The pools are left at once; -ENOMEM keeps the worker's ids reserved and its
 		 * blocks in the index until a retry succeeds (retry_draining()). */
-		if (rt_unregister(s->rt, c->worker) && s->ndraining < s->cfg.max_conns)
+		if (!c->draining && rt_unregister(s->rt, c->worker) &&
+		    s->ndraining < s->cfg.max_conns)
 			s->draining[s->ndraining++] = c->worker;
-		ctl_kv_destroy(&c->kv);
-		shm_mbox_close(&c->mbox);
+		if (!c->draining)
+			ctl_kv_destroy(&c->kv);
+		/* Cores may still hold requests on it: they let go first (reap_retired()). */
+		if (s->cfg.ncores)
+			retire(s, c->peer);
+		else
+			peer_free(c->peer);
 	}
 	close(c->fd);
 	s->conns[i] = s->conns[--s->nconns];
-	if (i < s->nconns && s->conns[i].registered) /* the moved slot's intake reads its ring */
-		s->conns[i].kv.ring = &s->conns[i].mbox.event;
 }
 
 /* Try again to forget the workers whose departure ran out of memory. */
@@ -180,7 +249,7 @@ static int send_registered(struct ctl_conn *c, uint32_t seq)
 		struct pdw_registered r;
 	} m = {.h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_REGISTERED,
 		     .len = sizeof(m), .seq = seq},
-	       .r = {.worker = c->worker, .generation = c->mbox.generation}};
+	       .r = {.worker = c->worker, .generation = c->peer->mbox.generation}};
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
@@ -194,7 +263,7 @@ static int send_registered(struct ctl_conn *c, uint32_t seq)
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &c->mbox.fd, sizeof(int));
+	memcpy(CMSG_DATA(cm), &c->peer->mbox.fd, sizeof(int));
 	n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 	return n == (ssize_t)sizeof(m) ? 0 : n < 0 ? -errno : -EMSGSIZE;
 }
@@ -207,18 +276,30 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 	char err[256];
 	int rc = ctl_registration_decode(&reg, msg, len, err, sizeof(err));
 	uint32_t seq = reg.seq;
+	struct dp_peer *peer = NULL;
 
 	if (rc == -EBADMSG || rc == -EPROTONOSUPPORT) {
 		send_refused(c->fd, seq, rc, err);
 		return -EBADMSG;
 	}
-	if (!rc)
+	/* The mailbox first: the worker's targets carry its peer, and a core may route to them
+	 * as soon as rt_register() publishes them. */
+	if (!rc) {
+		peer = calloc(1, sizeof(*peer));
+		if (!peer || shm_mbox_create(&peer->mbox, &s->cfg.mbox, s->generation)) {
+			free(peer);
+			peer = NULL;
+			rc = -ENOMEM;
+			strcpy(err, "could not create the mailbox");
+		}
+	}
+	if (!rc) {
+		peer->worker = s->next_worker;
+		peer->block_size = reg.spec.block_size;
+		reg.spec.cookie = peer;
 		rc = rt_register(s->rt, s->next_worker, &reg.spec, err, sizeof(err));
-	if (!rc && (rc = shm_mbox_create(&c->mbox, &s->cfg.mbox, s->generation)) != 0) {
-		if (rt_unregister(s->rt, s->next_worker) && s->ndraining < s->cfg.max_conns)
-			s->draining[s->ndraining++] = s->next_worker;
-		s->next_worker++; /* the id was used: never twice */
-		strcpy(err, "could not create the mailbox");
+		if (rc)
+			peer_free(peer);
 	}
 	if (rc) {
 		s->stats.refused_register++;
@@ -228,8 +309,10 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 	c->worker = s->next_worker++;
 	s->generation++;
 	c->registered = true;
+	c->peer = peer;
 	c->since_ns = now_ns;
-	ctl_kv_init(&c->kv, s->index, s->rt, c->worker, reg.spec.block_size, &c->mbox.event);
+	tell_cores(s, peer, DP_CMD_PEER_ADD, &peer->told_add);
+	ctl_kv_init(&c->kv, s->index, s->rt, c->worker, reg.spec.block_size, &peer->mbox.event);
 	s->stats.registered++;
 	return send_registered(c, seq) ? -EBADMSG : 0;
 }
@@ -286,7 +369,7 @@ static bool lease_lapsed(const struct ctl_server *s, struct ctl_conn *c, uint64_
 	if (c->registered) {
 		/* Relaxed: a liveness hint written by the worker. Only whether it changed counts,
 		 * timed on our clock: a worker's own timestamps cannot buy it a longer lease. */
-		uint64_t beat = atomic_load_explicit(&c->mbox.hdr->worker_heartbeat_ns,
+		uint64_t beat = atomic_load_explicit(&c->peer->mbox.hdr->worker_heartbeat_ns,
 						     memory_order_relaxed);
 
 		if (beat != c->beat) {
@@ -310,6 +393,7 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 	if (ready < 0)
 		return errno == EINTR ? 0 : -errno;
 	retry_draining(s);
+	reap_retired(s);
 	/* From the last connection down: drop() moves the last one into the hole. */
 	for (uint32_t i = n; i-- > 0;) {
 		struct ctl_conn *c = &s->conns[i];
@@ -317,13 +401,23 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 
 		if (pfd[1 + i].revents & (POLLIN | POLLHUP | POLLERR))
 			rc = read_messages(s, c, now_ns);
-		if (!rc && c->registered && ctl_kv_drain(&c->kv, s->cfg.kv_budget) == -EBADMSG)
+		if (!rc && c->registered && !c->draining &&
+		    ctl_kv_drain(&c->kv, s->cfg.kv_budget) == -EBADMSG)
 			rc = -EBADMSG;
-		if (!rc && c->registered && c->kv.dump_wanted)
+		if (!rc && c->registered && !c->draining && c->kv.dump_wanted)
 			ask_for_dump(s, c);
-		if (!rc && c->registered) /* relaxed: a liveness hint for the worker */
-			atomic_store_explicit(&c->mbox.hdr->router_heartbeat_ns, now_ns,
+		if (!rc && c->registered) { /* relaxed: a liveness hint for the worker */
+			atomic_store_explicit(&c->peer->mbox.hdr->router_heartbeat_ns, now_ns,
 					      memory_order_relaxed);
+			tell_cores(s, c->peer, DP_CMD_PEER_ADD, &c->peer->told_add);
+		}
+		/* Relaxed: a core's verdict on the lane; nothing else of it is read here. */
+		if (!rc && c->registered &&
+		    atomic_load_explicit(&c->peer->broken, memory_order_relaxed)) {
+			s->stats.lanes_broken++;
+			drop(s, i);
+			continue;
+		}
 		if (!rc && lease_lapsed(s, c, now_ns)) {
 			s->stats.leases_expired++;
 			drop(s, i);
@@ -341,10 +435,37 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 	return ready;
 }
 
+int ctl_server_drain(struct ctl_server *s, uint32_t worker)
+{
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct ctl_conn *c = &s->conns[i];
+		int rc;
+
+		if (!c->registered || c->worker != worker)
+			continue;
+		if (c->draining)
+			return -EALREADY;
+		/* -ENOMEM: out of the pools already; its blocks leave on a retry. */
+		rc = rt_unregister(s->rt, worker);
+		if (rc == -ENOMEM && s->ndraining < s->cfg.max_conns)
+			s->draining[s->ndraining++] = worker;
+		else if (rc && rc != -ENOMEM)
+			return rc;
+		/* Its events are not read any more: the index holds nothing of it. */
+		ctl_kv_destroy(&c->kv);
+		c->draining = true;
+		return 0;
+	}
+	return -ENOENT;
+}
+
 void ctl_server_close(struct ctl_server *s)
 {
 	while (s->nconns)
 		drop(s, s->nconns - 1);
+	/* The cores are gone by now (the daemon stops them first): nothing holds these. */
+	while (s->nretired)
+		peer_free(s->retired[--s->nretired]);
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);
 	if (s->bound) /* only a path we made is ours to remove */
@@ -352,6 +473,8 @@ void ctl_server_close(struct ctl_server *s)
 	s->bound = false;
 	free(s->conns);
 	free(s->draining);
+	free(s->retired);
+	s->retired = NULL;
 	free(s->buf);
 	s->conns = NULL;
 	s->draining = NULL;

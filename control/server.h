@@ -18,6 +18,7 @@
 
 #include "kv_events.h"
 #include "mailbox.h"
+#include "peer.h"
 #include "route.h"
 
 #define CTL_DEFAULT_LEASE_NS (3ull * 1000000000u)
@@ -34,6 +35,11 @@ struct ctl_server_config {
 	uint32_t max_conns;		    /* 0 or over 256: 256 */
 	struct shm_mbox_config mbox;	    /* lanes 0: one per dataplane core of the router */
 	uint32_t kv_budget;		    /* event records drained per worker per round; 0: 4096 */
+	/* The dataplane cores' command rings (producer side), one per core: workers are
+	 * announced to them (peer.h) and a leaving worker's mailbox is unmapped only once
+	 * every core let go of it. ncores 0: no cores, mailboxes are unmapped at once. */
+	struct shm_ring *cmd[SHM_MBOX_LANES_MAX];
+	uint32_t ncores;
 };
 
 /* Counters; written by the control thread. */
@@ -48,16 +54,19 @@ struct ctl_server_stats {
 	uint64_t leases_expired;
 	uint64_t dumps_requested; /* DUMP sent: a worker's events had a gap or did not apply */
 	uint64_t unregister_retries; /* a departed worker's blocks could not be dropped yet */
+	uint64_t lanes_broken;	 /* a core gave up on a worker's lane: disconnected */
 };
 
 struct ctl_conn {
 	int fd;
 	bool registered;
+	bool draining;	   /* out of the pools (ctl_server_drain()); its lease still runs */
 	uint32_t worker;   /* the router's id for it, once registered */
 	uint64_t since_ns; /* connected, registered, or heartbeat last seen to change: our clock */
 	uint64_t beat;	   /* the worker's heartbeat value last seen (its clock, only compared) */
-	struct shm_mbox mbox;
-	struct ctl_kv kv; /* its ring is mbox.event: re-pointed whenever the slot moves */
+	struct dp_peer *peer; /* its mailbox, shared with the cores; stays put when the slot
+			       * moves */
+	struct ctl_kv kv;     /* reads peer->mbox.event */
 };
 
 struct ctl_server {
@@ -72,6 +81,8 @@ struct ctl_server {
 	uint64_t generation;  /* of the next mailbox */
 	uint32_t *draining;   /* workers whose rt_unregister() ran out of memory: retried */
 	uint32_t ndraining;
+	struct dp_peer **retired; /* gone workers' peers, until every core acknowledged */
+	uint32_t nretired, retired_cap;
 	unsigned char *buf;   /* one message: PDW_MSG_MAX bytes */
 	struct ctl_server_stats stats;
 };
@@ -97,6 +108,15 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
  * Context: control thread.
  */
 int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns);
+
+/**
+ * ctl_server_drain - stop routing to @worker: its targets leave the pools and its blocks the
+ * index, while its connection, mailbox and in-flight requests stay until it leaves.
+ *
+ * Returns 0, -ENOENT for no such registered worker, or -EALREADY when it drains already.
+ * Context: control thread.
+ */
+int ctl_server_drain(struct ctl_server *s, uint32_t worker);
 
 /* Drop every worker, close the socket and remove its path. */
 void ctl_server_close(struct ctl_server *s);

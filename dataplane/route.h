@@ -95,6 +95,9 @@ struct rt_worker_spec {
 	const struct rt_domain *domains;
 	size_t ndomains;
 	struct rt_transfer transfer;	/* domain NULL: the router's rule */
+	void *cookie;			/* the caller's, handed back in every rt_choice: the
+					 * daemon's worker (its mailbox), published with the
+					 * target so a core never sees one without the other */
 };
 
 /* Per-request overrides of the stage policy: set a bit in @set to use the field. */
@@ -136,6 +139,7 @@ struct rt_choice {
 	uint16_t target;
 	uint32_t worker;
 	uint32_t dp_rank;
+	void *cookie;	  /* the worker's rt_worker_spec.cookie */
 	uint32_t overlap; /* leading prompt blocks the target holds; 0 when the stage did not
 			   * query the index (decode stage: no credit, no prefill tokens) */
 	rt_load_t load;
@@ -283,6 +287,36 @@ int rt_target_find(const struct rt_router *rt, uint32_t worker, uint32_t dp_rank
 
 /* Is the model's prefill stage active: it has prefill targets and decode or aggregated ones? */
 bool rt_disagg_active(const struct rt_router *rt, uint32_t model);
+
+/* What the admin interface shows of a routing target. */
+struct rt_target_info {
+	uint32_t worker;
+	uint32_t dp_rank;
+	const char *model;
+	enum rt_worker_type type;
+	uint32_t block_size;
+	uint64_t kv_capacity_blocks;
+	uint64_t reported_used_blocks;
+	uint64_t reported_prefill_tokens;
+	uint32_t ndomains;
+	struct rt_domain domains[RT_DOMAIN_KEYS];
+};
+
+/**
+ * rt_target_info - describe live target @target. Returns 0, or -ENOENT for one not live.
+ * Context: control thread (the strings are the registry's, valid until it changes).
+ */
+int rt_target_info(const struct rt_router *rt, uint16_t target, struct rt_target_info *out);
+
+/* Models registered so far (ids 0 .. n-1; a model keeps its id). Context: any thread. */
+uint32_t rt_model_count(const struct rt_router *rt);
+
+/* Model @model's name and the size of each of its pools (by enum rt_worker_type). */
+const char *rt_model_info(const struct rt_router *rt, uint32_t model,
+			  uint32_t pool_size[RT_WORKER_TYPES]);
+
+/* Short name of a worker type ("prefill", "decode", "aggregated"). */
+const char *rt_worker_type_name(enum rt_worker_type type);
 
 /**
  * rt_core_init - set up dataplane core @index (0 .. cfg.cores-1) of @rt.

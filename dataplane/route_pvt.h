@@ -40,6 +40,7 @@ struct rt_rule {
 struct rt_target {
 	uint32_t worker;
 	uint32_t dp_rank;
+	void *cookie; /* rt_worker_spec.cookie */
 	uint16_t model;
 	uint8_t type;		 /* enum rt_worker_type */
 	_Atomic uint8_t state;	 /* enum rt_target_state; the control thread's bookkeeping */

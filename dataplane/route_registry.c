@@ -219,24 +219,68 @@ bool rt_disagg_active(const struct rt_router *rt, uint32_t model)
 	       rt_pool_size(&md->pool[RT_DECODE]) + rt_pool_size(&md->pool[RT_AGGREGATED]) > 0;
 }
 
+int rt_target_info(const struct rt_router *rt, uint16_t target, struct rt_target_info *out)
+{
+	const struct rt_target *tg;
+
+	if (target >= rt->cfg.max_targets)
+		return -ENOENT;
+	tg = &rt->target[target];
+	if (atomic_load_explicit(&tg->state, memory_order_relaxed) != RT_TARGET_LIVE)
+		return -ENOENT;
+	*out = (struct rt_target_info){
+		.worker = tg->worker, .dp_rank = tg->dp_rank, .model = rt->model[tg->model].name,
+		.type = (enum rt_worker_type)tg->type, .block_size = tg->block_size,
+		.kv_capacity_blocks = tg->kv_capacity_blocks,
+		.reported_used_blocks = atomic_load_explicit(&tg->reported_used_blocks,
+							     memory_order_relaxed),
+		.reported_prefill_tokens = atomic_load_explicit(&tg->reported_prefill_tokens,
+								memory_order_relaxed)};
+	for (uint32_t k = 0; k < rt->ndomain_keys; k++)
+		if (tg->domain[k])
+			out->domains[out->ndomains++] = (struct rt_domain){
+				rt->domain_key[k], rt->domain_value[tg->domain[k] - 1]};
+	return 0;
+}
+
+uint32_t rt_model_count(const struct rt_router *rt)
+{
+	return atomic_load_explicit(&rt->nmodels, memory_order_acquire); /* A7 */
+}
+
+const char *rt_model_info(const struct rt_router *rt, uint32_t model,
+			  uint32_t pool_size[RT_WORKER_TYPES])
+{
+	if (model >= rt_model_count(rt))
+		return NULL;
+	for (int p = 0; p < RT_WORKER_TYPES; p++)
+		pool_size[p] = rt_pool_size(&rt->model[model].pool[p]);
+	return rt->model[model].name;
+}
+
+const char *rt_worker_type_name(enum rt_worker_type type)
+{
+	static const char *const name[RT_WORKER_TYPES] = {"prefill", "decode", "aggregated"};
+
+	return (unsigned)type < RT_WORKER_TYPES ? name[type] : "unknown";
+}
+
 /* The needs and model type each worker type must register with (routing-semantics §5). */
 static int spec_check_roles(const struct rt_worker_spec *s, char *err, size_t errlen)
 {
 	static const uint32_t needs[RT_WORKER_TYPES] = {
 	    [RT_PREFILL] = RT_NEEDS_DECODE, [RT_DECODE] = RT_NEEDS_PREFILL, [RT_AGGREGATED] = 0};
-	static const char *const type_name[RT_WORKER_TYPES] = {"prefill", "decode", "aggregated"};
-
 	if ((unsigned)s->type >= RT_WORKER_TYPES)
 		return rt_refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
 	if ((unsigned)s->model_type > RT_MODEL_EMPTY)
 		return rt_refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
 	if ((s->type == RT_PREFILL) != (s->model_type == RT_MODEL_EMPTY))
 		return rt_refuse(err, errlen, -EINVAL,
-			      "a %s worker must register model type %s", type_name[s->type],
+			      "a %s worker must register model type %s", rt_worker_type_name(s->type),
 			      s->type == RT_PREFILL ? "empty" : "chat or completions");
 	if (s->needs != needs[s->type])
 		return rt_refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
-			      type_name[s->type],
+			      rt_worker_type_name(s->type),
 			      s->type == RT_PREFILL ? "decode"
 			      : s->type == RT_DECODE ? "prefill"
 						     : "nothing",
@@ -387,6 +431,7 @@ static int target_setup(struct rt_router *rt, uint16_t t, uint32_t worker, uint3
 	}
 	tg->worker = worker;
 	tg->dp_rank = rank;
+	tg->cookie = s->cookie;
 	tg->type = (uint8_t)s->type;
 	tg->block_size = s->block_size;
 	tg->kv_capacity_blocks = s->kv_capacity_blocks;

@@ -331,6 +331,7 @@ static void fill_choice(const struct rt_core *c, const struct rt_candidate *cand
 	out->target = cand->target;
 	out->worker = tg->worker;
 	out->dp_rank = tg->dp_rank;
+	out->cookie = tg->cookie;
 	out->overlap = cand->overlap;
 }
 

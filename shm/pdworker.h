@@ -4,8 +4,12 @@
  * keep the lease with heartbeats, and serve requests over the mailbox lanes (shm/lanes.h).
  *
  * One struct pdw per worker process (or per engine instance); its calls are not thread-safe:
- * use it from one thread, or serialise. No call blocks except pdw_register() (it waits for the
- * router's answer, bounded by a timeout).
+ * use it from one thread, or serialise. No call blocks except pdw_register() and
+ * pdw_reconnect() (they wait for the router's answer, bounded by a timeout).
+ *
+ * When the router goes away (pdw_control() says -EPIPE), the worker keeps its engine and its
+ * cache: pdw_reconnect() until a router listens again, then publish CLEARED and STORED for
+ * every block it holds, as for a DUMP. The new router knows nothing of the old one's requests.
  */
 #ifndef PDROUTER_PDWORKER_H
 #define PDROUTER_PDWORKER_H
@@ -132,17 +136,42 @@ int pdw_post_error(struct pdw *w, uint32_t lane, uint64_t request_id, int error,
  * pdw_control - read what the router sent on the control socket, without waiting.
  *
  * Returns PDW_WANTS_DUMP when the router asked for a dump of the cache (publish CLEARED, then
- * STORED for every block you hold), 0 when there was nothing, -EPIPE when the router is gone
- * (reconnect, register again and dump), or -EBADMSG for a message this library cannot read.
+ * STORED for every block you hold), 0 when there was nothing, -EPIPE when the router hung up
+ * or reset the connection (it is gone: pdw_reconnect(), then dump the cache), -ENOTCONN when
+ * @w has no connection (after pdw_close() or a failed pdw_reconnect()), -EBADMSG for a
+ * message this library cannot read, or another negative errno of recv(). A DUMP read in the
+ * same call as a hang-up is not reported: the dump goes to the next router anyway.
+ * Context: the worker's thread; does not block.
  */
 #define PDW_WANTS_DUMP 1
 int pdw_control(struct pdw *w);
 
+/**
+ * pdw_reconnect - come back after the router went away (or restarted), keeping the engine.
+ * @w: a worker that pdw_connect() has seen once, whatever became of it since.
+ * @path: the router's control socket.
+ * @a: the registration, as for pdw_register(); the same one as before, usually.
+ * @timeout_ms: how long to wait for the router's answer.
+ *
+ * Closes the old connection and mailbox if any, connects, and registers again. The per-rank
+ * event ids start over at 1: a new router has seen none of them. Requests of the old
+ * connection are gone with its mailbox; forget them. After success, publish CLEARED and then
+ * STORED for every cached block, parents first, so that the new router's index knows the
+ * cache.
+ *
+ * Returns 0, -ENOENT or -ECONNREFUSED while no router listens at @path (try again later),
+ * or any error of pdw_connect() or pdw_register() (-EPERM: w->reason says why). On failure
+ * @w is left closed, w->reason kept; call pdw_reconnect() again to retry.
+ * Context: the worker's thread; blocks up to @timeout_ms for the answer.
+ */
+int pdw_reconnect(struct pdw *w, const char *path, const struct pdw_register_args *a,
+		  int timeout_ms);
+
 /* Heartbeat: tell the router we are alive (call well within its lease, 3 s by default). */
 void pdw_heartbeat(struct pdw *w);
 
-/* Disconnect: the router drops our registration and our blocks; call pdw_connect() again
- * to come back (then register and publish a dump of the cache). */
+/* Disconnect: the router drops our registration and our blocks; call pdw_reconnect() to come
+ * back (then publish a dump of the cache). Safe to call twice. */
 void pdw_close(struct pdw *w);
 
 #endif

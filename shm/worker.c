@@ -408,14 +408,20 @@ int pdw_control(struct pdw *w)
 	unsigned char buf[512];
 	int wants = 0;
 
+	if (w->fd < 0)
+		return -ENOTCONN;
 	for (;;) {
 		struct pdw_hdr h;
 		ssize_t n = recv(w->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
-		if (n < 0)
-			return errno == EAGAIN || errno == EWOULDBLOCK ? wants : -EPIPE;
-		if (n == 0)
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return wants;
+		/* A hang-up reads as end of file, or as a reset when the router closed with our
+		 * messages unread: both mean it is gone. */
+		if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
 			return -EPIPE;
+		if (n < 0)
+			return -errno;
 		if ((size_t)n < sizeof(h))
 			return -EBADMSG;
 		memcpy(&h, buf, sizeof(h));
@@ -447,4 +453,18 @@ void pdw_close(struct pdw *w)
 		close(w->fd);
 	w->fd = -1;
 	w->registered = false;
+}
+
+int pdw_reconnect(struct pdw *w, const char *path, const struct pdw_register_args *a,
+		  int timeout_ms)
+{
+	int rc;
+
+	pdw_close(w);
+	rc = pdw_connect(w, path); /* starts from a clean struct: no seq, ids, mailbox */
+	if (!rc)
+		rc = pdw_register(w, a, timeout_ms);
+	if (rc)
+		pdw_close(w); /* keeps w->reason, which says why after -EPERM */
+	return rc;
 }

@@ -2,8 +2,9 @@
  * pdmock's KV cache (tools/pdmock/cache.h, routing-semantics §7): prefix hits, shared blocks,
  * STORED chains named by sequence hashes, LRU eviction leaves first with REMOVED, -ENOSPC
  * without side effects, decode filling blocks, and a randomized run checked against a
- * reference model and against the router's view rebuilt from the events alone. Longer than
- * most files: the reference model and the event view live here, next to the tests using them.
+ * reference model and against the router's view rebuilt from the events alone, and dumps that
+ * rebuild that view from nothing. Longer than most files: the reference model and the event
+ * view live here, next to the tests using them.
  */
 #include <errno.h>
 #include <string.h>
@@ -40,21 +41,21 @@ struct view {
 
 static struct view V;
 
-static int view_find(uint64_t id)
+static int view_find(const struct view *v, uint64_t id)
 {
-	for (uint32_t i = 0; i < V.n; i++)
-		if (V.b[i].id == id)
+	for (uint32_t i = 0; i < v->n; i++)
+		if (v->b[i].id == id)
 			return (int)i;
 	return -1;
 }
 
-static void view_add(uint64_t id, const uint64_t *parent)
+static void view_add(struct view *v, uint64_t id, const uint64_t *parent)
 {
-	cr_assert_lt(V.n, V_MAX);
-	cr_assert_eq(view_find(id), -1, "block %016llx stored twice", (unsigned long long)id);
-	V.b[V.n].id = id;
-	V.b[V.n].has_parent = parent != NULL;
-	V.b[V.n++].parent = parent ? *parent : 0;
+	cr_assert_lt(v->n, V_MAX);
+	cr_assert_eq(view_find(v, id), -1, "block %016llx stored twice", (unsigned long long)id);
+	v->b[v->n].id = id;
+	v->b[v->n].has_parent = parent != NULL;
+	v->b[v->n++].parent = parent ? *parent : 0;
 }
 
 static void on_stored(void *ctx, const uint64_t *parent, const uint64_t *ids,
@@ -65,7 +66,7 @@ static void on_stored(void *ctx, const uint64_t *parent, const uint64_t *ids,
 
 	cr_assert_eq(ctx, &V);
 	cr_assert_gt(n, 0);
-	cr_assert(!parent || view_find(*parent) >= 0, "STORED under an unknown parent");
+	cr_assert(!parent || view_find(&V, *parent) >= 0, "STORED under an unknown parent");
 	for (uint32_t i = 0; i < n; i++) {
 		const uint64_t *p = i ? &ids[i - 1] : parent;
 
@@ -73,7 +74,7 @@ static void on_stored(void *ctx, const uint64_t *parent, const uint64_t *ids,
 			     1);
 		cr_assert_eq(ids[i], p ? dp_hash_chain(*p, local) : local,
 			     "ext id is not the seq hash");
-		view_add(ids[i], p);
+		view_add(&V, ids[i], p);
 	}
 	V.last_has_parent = parent != NULL;
 	V.last_parent = parent ? *parent : 0;
@@ -91,7 +92,7 @@ static void on_removed(void *ctx, const uint64_t *ids, uint32_t n)
 	cr_assert_eq(ctx, &V);
 	cr_assert_gt(n, 0);
 	for (uint32_t i = 0; i < n; i++) {
-		int at = view_find(ids[i]);
+		int at = view_find(&V, ids[i]);
 
 		cr_assert_geq(at, 0, "REMOVED of an unknown block");
 		for (uint32_t j = 0; j < V.n; j++)
@@ -653,5 +654,153 @@ Test(pdmock_cache, randomized_ops_match_reference_model_and_replayed_events)
 	cr_assert_gt(codes[3], 0, "-EINVAL never happened");
 	cr_assert_gt(V.removed_events, 0, "nothing was ever evicted");
 	cr_assert_gt(mk_cache_stats(&c).hit_blocks, 0, "no prefix was ever shared");
+	mk_cache_destroy(&c);
+}
+
+/*
+ * Dumps. A fresh view replays a dump as a new router's intake would: every chain under a
+ * block it already has, ids recomputed from the local hashes, nothing sent twice.
+ */
+static struct view D;
+
+static int on_dump(void *ctx, const uint64_t *parent, const uint64_t *ids, const uint64_t *local,
+		   uint32_t n)
+{
+	struct view *d = ctx;
+
+	cr_assert_gt(n, 0);
+	cr_assert(!parent || view_find(d, *parent) >= 0, "a chain under a block not sent yet");
+	for (uint32_t i = 0; i < n; i++) {
+		const uint64_t *p = i ? &ids[i - 1] : parent;
+
+		cr_assert_eq(ids[i], p ? dp_hash_chain(*p, local[i]) : local[i],
+			     "the local hash does not give the ext id");
+		view_add(d, ids[i], p);
+	}
+	d->last_n = n > d->last_n ? n : d->last_n; /* the longest chain */
+	d->stored_events++;
+	return 0;
+}
+
+/* Dump @c into a fresh D; it must hold exactly V's blocks with V's parents. */
+static void dump_and_compare(struct mk_cache *c)
+{
+	struct mk_cache_stats before = mk_cache_stats(c), after;
+
+	memset(&D, 0, sizeof(D));
+	cr_assert_eq(mk_cache_dump(c, on_dump, &D), 0);
+	after = mk_cache_stats(c);
+	cr_assert_eq(memcmp(&before, &after, sizeof(before)), 0, "a dump changes nothing");
+	cr_assert_eq(D.n, V.n);
+	cr_assert_leq(D.last_n, c->max_seq_blocks);
+	for (uint32_t i = 0; i < V.n; i++) {
+		int at = view_find(&D, V.b[i].id);
+
+		cr_assert_geq(at, 0, "block %016llx not dumped", (unsigned long long)V.b[i].id);
+		cr_assert_eq(D.b[at].has_parent, V.b[i].has_parent);
+		cr_assert_eq(D.b[at].parent, V.b[i].parent);
+	}
+}
+
+Test(pdmock_cache, dump_of_an_empty_cache_sends_nothing)
+{
+	struct mk_cache c;
+
+	open_cache(&c, 16, 4, 2, 4);
+	dump_and_compare(&c);
+	cr_assert_eq(D.stored_events, 0);
+	mk_cache_destroy(&c);
+}
+
+Test(pdmock_cache, dump_sends_shared_prefixes_once_in_chains_parents_first)
+{
+	struct mk_cache c;
+	uint32_t a[16], b[16], e[8];
+
+	open_cache(&c, 64, 4, 4, 8);
+	fill(a, 20, 16);
+	memcpy(b, a, 8 * sizeof(b[0]));
+	fill(b + 8, 21, 8);
+	fill(e, 22, 8);
+	cr_assert_eq(mk_cache_acquire(&c, 0, a, 16, NULL), 0); /* a0 a1 a2 a3 */
+	cr_assert_eq(mk_cache_acquire(&c, 1, b, 16, NULL), 0); /* a0 a1 b2 b3 */
+	cr_assert_eq(mk_cache_acquire(&c, 2, e, 8, NULL), 0);  /* e0 e1 */
+	cr_assert_eq(mk_cache_release(&c, 2), 0);	       /* free blocks are dumped too */
+	dump_and_compare(&c);
+	cr_assert_eq(D.n, 8);
+	cr_assert_eq(D.stored_events, 3, "one chain per leaf: a prefix is sent once");
+	dump_and_compare(&c);
+	cr_assert_eq(D.n, 8, "a second dump sends everything again");
+	mk_cache_destroy(&c);
+}
+
+static int stop_after_one(void *ctx, const uint64_t *parent, const uint64_t *ids,
+			  const uint64_t *local, uint32_t n)
+{
+	on_dump(ctx, parent, ids, local, n);
+	return -ENOBUFS;
+}
+
+Test(pdmock_cache, dump_stops_where_the_callback_says_and_the_next_starts_over)
+{
+	struct mk_cache c;
+	uint32_t a[8], b[8];
+
+	open_cache(&c, 16, 4, 2, 4);
+	fill(a, 30, 8);
+	fill(b, 31, 8);
+	cr_assert_eq(mk_cache_acquire(&c, 0, a, 8, NULL), 0);
+	cr_assert_eq(mk_cache_acquire(&c, 1, b, 8, NULL), 0);
+	memset(&D, 0, sizeof(D));
+	cr_assert_eq(mk_cache_dump(&c, stop_after_one, &D), -ENOBUFS);
+	cr_assert_eq(D.stored_events, 1);
+	cr_assert_eq(D.n, 2);
+	dump_and_compare(&c);
+	mk_cache_destroy(&c);
+}
+
+Test(pdmock_cache, dump_after_its_mark_wraps_still_sends_everything)
+{
+	struct mk_cache c;
+	uint32_t a[8];
+
+	open_cache(&c, 16, 4, 2, 4);
+	fill(a, 40, 8);
+	cr_assert_eq(mk_cache_acquire(&c, 0, a, 8, NULL), 0);
+	dump_and_compare(&c);
+	c.dump_epoch = UINT32_MAX; /* the next dump's mark is 0, which some blocks may carry */
+	dump_and_compare(&c);
+	dump_and_compare(&c);
+	cr_assert_eq(D.n, 2);
+	mk_cache_destroy(&c);
+}
+
+/* The randomized run again, dumped every few operations (with sequences holding blocks or
+ * not): each dump alone rebuilds what the events built step by step. */
+Test(pdmock_cache, randomized_dumps_replayed_rebuild_the_same_blocks_and_parents)
+{
+	static struct model m;
+	static uint32_t bases[M_BASES][M_BASE_LEN];
+	struct mk_cache c;
+	struct t_rng r;
+	int codes[4] = {0};
+	uint64_t nops = T_SANITIZED ? 2000 : 8000, dumps = 0;
+
+	open_cache(&c, M_CAP, M_BS, M_SEQS, M_MSB);
+	memset(&m, 0, sizeof(m));
+	t_rng_seed(&r, 0xd0d0cafe);
+	for (uint32_t b = 0; b < M_BASES; b++)
+		for (uint32_t i = 0; i < M_BASE_LEN; i++)
+			bases[b][i] = (uint32_t)t_rng_next(&r);
+	for (uint64_t op = 0; op < nops; op++) {
+		random_op(&c, &m, &r, bases, codes);
+		if (op % 37 == 0) {
+			dump_and_compare(&c);
+			dumps += D.n > 0;
+		}
+	}
+	assert_agree(&c, &m, nops);
+	cr_assert_gt(dumps, 10, "the dumps were empty");
+	cr_assert_gt(V.removed_events, 0, "nothing was ever evicted");
 	mk_cache_destroy(&c);
 }

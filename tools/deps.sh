@@ -5,7 +5,7 @@ set -euo pipefail
 
 # gcc brings the sanitizer runtimes (libasan8, libubsan1, libtsan2) through libgcc-N-dev.
 PD_PACKAGES=(meson ninja-build pkg-config gcc python3
-	     liburing-dev libhwloc-dev libxxhash-dev libcriterion-dev)
+	     liburing-dev libhwloc-dev libxxhash-dev libcriterion-dev libinih-dev libjson-c-dev)
 
 pd_install_deps() {
 	local missing=() p

@@ -71,6 +71,7 @@ def _load():
         "pdw_reason": (ctypes.c_char_p, [p]),
         "pdw_connect": (i32, [p, ctypes.c_char_p]),
         "pdw_register": (i32, [p, ctypes.POINTER(_RegisterArgs), i32]),
+        "pdw_reconnect": (i32, [p, ctypes.c_char_p, ctypes.POINTER(_RegisterArgs), i32]),
         "pdw_publish_stored": (i32, [p, u32, pu64, pu64, u32, pu64, pu32]),
         "pdw_publish_removed": (i32, [p, u32, pu64, u32]),
         "pdw_publish_cleared": (i32, [p, u32]),
@@ -100,8 +101,10 @@ class Worker:
     def __init__(self, socket_path):
         self._lib = _load()
         self._w = ctypes.create_string_buffer(self._lib.pdw_size())
-        _check(self._lib.pdw_connect(self._w, socket_path.encode()), "connect")
+        self._path = socket_path.encode()
+        _check(self._lib.pdw_connect(self._w, self._path), "connect")
         self._block_size = 0
+        self._args = None  # kept for reconnect(); it also keeps its strings alive
 
     def register(self, model, worker_type=AGGREGATED, model_type=MODEL_CHAT, needs=0,
                  block_size=16, kv_capacity_blocks=16384, max_batched_tokens=8192,
@@ -119,11 +122,27 @@ class Worker:
                              transfer_domain.encode() if transfer_domain else None,
                              names, values, len(domains))
         rc = self._lib.pdw_register(self._w, ctypes.byref(args), timeout_ms)
-        if rc == -errno.EPERM:
-            raise RegistrationRefused(self._lib.pdw_reason(self._w).decode(errors="replace"))
+        self._refused(rc)
         _check(rc, "register")
         self._block_size = block_size
+        self._args = args
         return self._lib.pdw_worker_id(self._w)
+
+    def reconnect(self, timeout_ms=5000):
+        """After the router went away (wants_dump() raised EPIPE): connect and register again
+        as register() did, with event ids starting over; returns the new worker id. Then send
+        cleared() and stored() for every block held. Raises OSError (ENOENT or ECONNREFUSED:
+        no router listens yet, try again later) or RegistrationRefused."""
+        if self._args is None:
+            raise ValueError("reconnect() needs a register() before it")
+        rc = self._lib.pdw_reconnect(self._w, self._path, ctypes.byref(self._args), timeout_ms)
+        self._refused(rc)
+        _check(rc, "reconnect")
+        return self._lib.pdw_worker_id(self._w)
+
+    def _refused(self, rc):
+        if rc == -errno.EPERM:
+            raise RegistrationRefused(self._lib.pdw_reason(self._w).decode(errors="replace"))
 
     def stored(self, dp_rank, ext_ids, tokens=None, local_hashes=None, parent=None):
         """STORED: blocks cached, given by token ids (len(ext_ids) * block_size of them) or by
@@ -153,7 +172,8 @@ class Worker:
 
     def wants_dump(self):
         """True when the router asked for the whole cache again (send cleared(), then
-        stored() for every block held). Raises OSError (EPIPE) when the router is gone."""
+        stored() for every block held). Raises OSError (EPIPE) when the router is gone:
+        reconnect(), then send the whole cache the same way."""
         rc = self._lib.pdw_control(self._w)
         _check(rc, "control")
         return bool(rc & 1)

@@ -3,6 +3,8 @@
  * LRU list of the free cached blocks, and per-sequence block lists, all allocated at init.
  * Invariant: a cached block's parent is cached and at least as referenced, so a free block's
  * children are free and older in the LRU list; the oldest free block is therefore a leaf.
+ * A block's depth is at most max_seq_blocks (a sequence held all its ancestors), which bounds
+ * the chains mk_cache_dump() assembles in the per-prompt scratch arrays.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -15,12 +17,14 @@
 
 struct mk_cache_node {
 	uint64_t hash;	   /* sequence hash, also the external id */
+	uint64_t local;	   /* local hash (of the tokens alone): what a dump sends for them */
 	uint32_t parent;   /* node index, or NIL for a prompt's first block */
 	uint32_t refs;	   /* sequences using it */
 	uint32_t children; /* cached blocks whose parent it is */
 	uint32_t next;	   /* hash chain while cached, free list otherwise */
 	uint32_t lru_prev; /* LRU links while cached with refs == 0 */
 	uint32_t lru_next;
+	uint32_t dumped; /* the dump that sent it last: c->dump_epoch while one runs */
 };
 
 struct mk_cache_seq {
@@ -139,7 +143,7 @@ static uint32_t take_node(struct mk_cache *c)
 }
 
 /* Cache a new block under @parent (NIL for none) with one reference. NIL when full. */
-static uint32_t new_block(struct mk_cache *c, uint64_t hash, uint32_t parent)
+static uint32_t new_block(struct mk_cache *c, uint64_t hash, uint64_t local, uint32_t parent)
 {
 	uint32_t idx = take_node(c);
 	struct mk_cache_node *n;
@@ -148,6 +152,7 @@ static uint32_t new_block(struct mk_cache *c, uint64_t hash, uint32_t parent)
 		return NIL;
 	n = &c->nodes[idx];
 	n->hash = hash;
+	n->local = local;
 	n->parent = parent;
 	n->refs = 1;
 	n->children = 0;
@@ -318,7 +323,7 @@ int mk_cache_acquire(struct mk_cache *c, uint32_t seq_id, const uint32_t *tokens
 		ref(c, blocks[i]);
 	}
 	for (uint32_t i = hits; i < nblocks; i++)
-		blocks[i] = new_block(c, c->seq_hash[i], i ? blocks[i - 1] : NIL);
+		blocks[i] = new_block(c, c->seq_hash[i], c->local[i], i ? blocks[i - 1] : NIL);
 	flush_removed(c);
 	if (nblocks > hits)
 		emit_stored(c, hits ? &c->seq_hash[hits - 1] : NULL, &c->seq_hash[hits],
@@ -346,7 +351,7 @@ static int fill_block(struct mk_cache *c, uint32_t seq_id, struct mk_cache_seq *
 	if (idx != NIL) {
 		ref(c, idx);
 	} else {
-		idx = new_block(c, hash, parent);
+		idx = new_block(c, hash, local, parent);
 		if (idx == NIL)
 			return -ENOSPC;
 		flush_removed(c);
@@ -429,4 +434,61 @@ uint32_t mk_cache_lru(const struct mk_cache *c, uint64_t *out, uint32_t max)
 	for (uint32_t i = c->lru_head; i != NIL && n < max; i = c->nodes[i].lru_next)
 		out[n++] = c->nodes[i].hash;
 	return n;
+}
+
+/*
+ * The cached ancestors of @idx not yet sent by this dump, @idx included, into
+ * ext[0..n) and local[0..n) root side first, all marked sent; returns n. *@top is the node
+ * above the first of them: a block sent earlier in this dump, or NIL.
+ */
+static uint32_t unsent_chain(struct mk_cache *c, uint32_t idx, uint64_t *ext, uint64_t *local,
+			     uint32_t *top)
+{
+	uint32_t n = 0, i = idx;
+
+	while (i != NIL && c->nodes[i].dumped != c->dump_epoch) {
+		n++;
+		i = c->nodes[i].parent;
+	}
+	*top = i;
+	for (uint32_t k = n, j = idx; k-- > 0; j = c->nodes[j].parent) {
+		ext[k] = c->nodes[j].hash;
+		local[k] = c->nodes[j].local;
+		c->nodes[j].dumped = c->dump_epoch;
+	}
+	return n;
+}
+
+/* A new dump's mark; at the wrap every node's old mark is cleared, so none looks sent. */
+static void next_epoch(struct mk_cache *c)
+{
+	if (++c->dump_epoch)
+		return;
+	for (uint32_t i = 0; i < c->capacity_blocks; i++)
+		c->nodes[i].dumped = 0;
+	c->dump_epoch = 1;
+}
+
+int mk_cache_dump(struct mk_cache *c, mk_cache_dump_fn fn, void *ctx)
+{
+	next_epoch(c);
+	/*
+	 * Every cached block is in exactly one hash chain, and every block is a leaf or has a
+	 * leaf below it: the paths to the leaves cover the cache, one chain (one event) each.
+	 */
+	for (uint32_t b = 0; b <= c->bucket_mask; b++) {
+		for (uint32_t i = c->buckets[b]; i != NIL; i = c->nodes[i].next) {
+			uint32_t top, n;
+			int rc;
+
+			if (c->nodes[i].children)
+				continue;
+			n = unsent_chain(c, i, c->seq_hash, c->local, &top);
+			rc = fn(ctx, top != NIL ? &c->nodes[top].hash : NULL, c->seq_hash, c->local,
+				n);
+			if (rc)
+				return rc;
+		}
+	}
+	return 0;
 }

@@ -2,7 +2,8 @@
  * pdmock's KV cache (routing-semantics §7): a paged prefix cache after vLLM's. Full blocks are
  * named by the sequence hash of their prefix (dataplane/hash.h at DP_HASH_SEED), counted while
  * sequences use them, then kept in LRU order and evicted leaves first when space is needed. It
- * reports the STORED and REMOVED events an engine publishes. Single-threaded: the engine's loop.
+ * reports the STORED and REMOVED events an engine publishes, and dumps the whole cache when the
+ * router needs it again. Single-threaded: the engine's loop.
  */
 #ifndef PD_TOOLS_PDMOCK_CACHE_H
 #define PD_TOOLS_PDMOCK_CACHE_H
@@ -28,6 +29,16 @@ typedef void (*mk_cache_stored_fn)(void *ctx, const uint64_t *parent_or_null,
 				   uint32_t nblocks);
 /* Blocks evicted by one call, reported before the STORED event of the blocks replacing them. */
 typedef void (*mk_cache_removed_fn)(void *ctx, const uint64_t *ext_ids, uint32_t n);
+
+/*
+ * One chain of a dump (mk_cache_dump()): @n blocks, each the child of the one before it, the
+ * first the child of *@parent_or_null (a block of an earlier call of the same dump) or a
+ * prompt's first block when it is NULL; @ext_ids their sequence hashes (the engine's ids),
+ * @local their local hashes (routing-semantics §1), both valid during the call only.
+ * Returns 0 to go on, anything else to stop the dump.
+ */
+typedef int (*mk_cache_dump_fn)(void *ctx, const uint64_t *parent_or_null, const uint64_t *ext_ids,
+				const uint64_t *local, uint32_t n);
 
 struct mk_cache_callbacks {
 	void *ctx;
@@ -64,6 +75,7 @@ struct mk_cache {
 	uint64_t *local, *seq_hash; /* scratch: max_seq_blocks hashes of one prompt */
 	uint64_t *evicted;	    /* scratch: ids evicted by the current call */
 	uint32_t nevicted;
+	uint32_t dump_epoch; /* numbers the dumps, to mark the blocks one has sent */
 	uint64_t hit_blocks, stored_blocks, removed_blocks;
 };
 
@@ -140,5 +152,21 @@ bool mk_cache_contains(const struct mk_cache *c, uint64_t ext_id, uint32_t *refs
 
 /* The free cached blocks, least recently used first: copies up to @max ids, returns how many. */
 uint32_t mk_cache_lru(const struct mk_cache *c, uint64_t *out, uint32_t max);
+
+/**
+ * mk_cache_dump - every cached block, parents before children, in chains for STORED events.
+ * @fn: called once per chain (see mk_cache_dump_fn); it must not call the cache, not even
+ * mk_cache_lookup(): the chains it is given live in the cache's scratch arrays.
+ *
+ * What an engine sends after CLEARED when the router asks for its whole cache (DUMP) or a new
+ * router takes over: replayed in order, the chains rebuild the same blocks and parent links.
+ * One chain per leaf block: its ancestors not sent yet, then itself, so a shared prefix goes
+ * once. Blocks in use by sequences are included; reference counts and the LRU order are not.
+ * A chain has at most max_seq_blocks blocks. No event callback runs; nothing is allocated.
+ * Returns 0 once every block was passed to @fn, or the first nonzero value @fn returned (the
+ * dump stopped there: start a new one to resend everything).
+ * Context: the cache's thread.
+ */
+int mk_cache_dump(struct mk_cache *c, mk_cache_dump_fn fn, void *ctx);
 
 #endif
