@@ -267,6 +267,7 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 	struct pdx_config xc = {.max_targets = o->max_targets};
 	struct ctl_server_config sc = {.path = o->control_socket,
 				       .lease_ns = o->lease_ms * 1000000ull,
+				       .block_size = o->block_size,
 				       .mbox = {.lane_ring_bytes = 2u << 20}};
 	int rc;
 

@@ -21,7 +21,7 @@ enum opt {
 	O_BUSY_KV, O_BUSY_PREFILL, O_ENFORCE_DISAGG, O_PREFILL_TIMEOUT, O_DECODE_TIMEOUT,
 	O_DECODE_RETRIES, O_IDLE_TIMEOUT, O_MAX_FRAME, O_MAX_PROMPT, O_MAX_INFLIGHT_CONN,
 	O_MAX_REQUESTS, O_MAX_TARGETS, O_LEASE, O_EXPIRY, O_STATS_INTERVAL, O_LOG_LEVEL,
-	O_LOG_FORMAT, O_SEED, O_WAKE_US, O_SPIN_US, O_CORE_MEMORY, O_ADMIN_SOCKET,
+	O_LOG_FORMAT, O_SEED, O_WAKE_US, O_SPIN_US, O_CORE_MEMORY, O_ADMIN_SOCKET, O_BLOCK_SIZE,
 };
 
 struct opt_doc {
@@ -47,6 +47,8 @@ static const struct opt_doc docs[] = {
 	{"busy-poll", O_BUSY_POLL, NULL, "dataplane cores never sleep (lowest latency, a full "
 					 "core each)"},
 	{"sqpoll", O_SQPOLL, NULL, "a kernel thread submits io_uring work (IORING_SETUP_SQPOLL)"},
+	{"block-size", O_BLOCK_SIZE, "N", "KV block size in tokens workers must register "
+					  "(default: any; a model's pool keeps its first)"},
 	{"router-temperature", O_TEMPERATURE, "T", "softmax temperature; 0 picks the cheapest "
 						   "(default 0)"},
 	{"kv-overlap-score-credit", O_CREDIT, "X", "prefill blocks credited per cached block "
@@ -216,6 +218,12 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 			break;
 		case O_MAX_REQUESTS: o->rt.max_requests = (uint32_t)fmin(x, 1u << 24); break;
 		case O_MAX_TARGETS: o->max_targets = (uint32_t)fmin(x, u32); break;
+		case O_BLOCK_SIZE:
+			if (x < 1 || x > 1u << 16 || ((uint64_t)x & ((uint64_t)x - 1)))
+				rc = -EINVAL; /* a power of two, as the hashing wants */
+			else
+				o->block_size = (uint32_t)x;
+			break;
 		case O_LEASE: o->lease_ms = (uint64_t)x; break;
 		case O_EXPIRY: o->rt.expiry_ns = (uint64_t)x * 1000000000ull; break;
 		case O_STATS_INTERVAL: o->stats_interval_ms = (uint64_t)x; break;

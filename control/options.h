@@ -27,6 +27,7 @@ struct pd_options {
 	struct rt_config rt;
 	struct dp_core_config core;	   /* the per-core settings every core shares */
 	uint32_t max_targets;
+	uint32_t block_size; /* 0: whatever workers register (per model pool) */
 	uint64_t lease_ms;
 	uint64_t stats_interval_ms;	   /* 0: no periodic counters in the log */
 	enum pd_log_level log_level;

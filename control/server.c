@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 
 #define CTL_MAX_CONNS 256u
 #define CTL_KV_BUDGET 4096u
+#define CTL_ACCEPT_PAUSE_NS 100000000ull /* 100 ms without accepting after EMFILE */
 
 /*
  * Make way for our socket at @addr: a socket file left by a router that died is removed; a live
@@ -113,7 +115,10 @@ static void accept_all(struct ctl_server *s, uint64_t now_ns)
 {
 	int fd;
 
-	while ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+	while ((fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0 ||
+	       errno == EINTR || errno == ECONNABORTED) {
+		if (fd < 0)
+			continue;
 		if (!peer_allowed(s, fd)) {
 			s->stats.refused_peer++;
 			close(fd);
@@ -127,6 +132,10 @@ static void accept_all(struct ctl_server *s, uint64_t now_ns)
 		s->conns[s->nconns++] = (struct ctl_conn){.fd = fd, .since_ns = now_ns};
 		s->stats.accepted++;
 	}
+	/* Out of descriptors: the pending connection keeps the socket readable, so leave it
+	 * out of poll() for a while rather than spin on it. */
+	if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+		s->accept_paused_until = now_ns + CTL_ACCEPT_PAUSE_NS;
 }
 
 static void peer_free(struct dp_peer *p)
@@ -282,6 +291,11 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 		send_refused(c->fd, seq, rc, err);
 		return -EBADMSG;
 	}
+	if (!rc && s->cfg.block_size && reg.spec.block_size != s->cfg.block_size) {
+		rc = -EINVAL;
+		snprintf(err, sizeof(err), "block size %u, but this router serves block size %u",
+			 reg.spec.block_size, s->cfg.block_size);
+	}
 	/* The mailbox first: the worker's targets carry its peer, and a core may route to them
 	 * as soon as rt_register() publishes them. */
 	if (!rc) {
@@ -386,7 +400,9 @@ int ctl_server_poll(struct ctl_server *s, int timeout_ms, uint64_t now_ns)
 	uint32_t n = s->nconns;
 	int ready;
 
-	pfd[0] = (struct pollfd){.fd = s->listen_fd, .events = POLLIN};
+	/* A negative fd is skipped by poll(): the listener rests while accepts are paused. */
+	pfd[0] = (struct pollfd){.fd = now_ns < s->accept_paused_until ? -1 : s->listen_fd,
+				 .events = POLLIN};
 	for (uint32_t i = 0; i < n; i++)
 		pfd[1 + i] = (struct pollfd){.fd = s->conns[i].fd, .events = POLLIN};
 	ready = poll(pfd, 1 + n, timeout_ms);

@@ -35,6 +35,8 @@ struct ctl_server_config {
 	uint32_t max_conns;		    /* 0 or over 256: 256 */
 	struct shm_mbox_config mbox;	    /* lanes 0: one per dataplane core of the router */
 	uint32_t kv_budget;		    /* event records drained per worker per round; 0: 4096 */
+	uint32_t block_size;		    /* workers must register this block size; 0: any (each
+					     * model's pool keeps its first worker's) */
 	/* The dataplane cores' command rings (producer side), one per core: workers are
 	 * announced to them (peer.h) and a leaving worker's mailbox is unmapped only once
 	 * every core let go of it. ncores 0: no cores, mailboxes are unmapped at once. */
@@ -78,6 +80,7 @@ struct ctl_server {
 	struct ctl_conn *conns;
 	uint32_t nconns;
 	uint32_t next_worker; /* ids handed out in order; never reused while the router runs */
+	uint64_t accept_paused_until; /* out of descriptors: no accept before this (our clock) */
 	uint64_t generation;  /* of the next mailbox */
 	uint32_t *draining;   /* workers whose rt_unregister() ran out of memory: retried */
 	uint32_t ndraining;

@@ -103,6 +103,7 @@ struct dp_core {
 	uint32_t *dirty_conns; /* connections with output to send or closing to finish */
 	uint32_t ndirty_conns;
 	uint64_t last_idle_check;
+	uint32_t accept_paused; /* listening sockets (bits) whose accept waits for the timer */
 	struct dp_req *reqs;
 	uint32_t nreqs;
 	uint32_t free_req;  /* free slots, linked through q_link.next */
@@ -165,7 +166,7 @@ void dp_ingress_flush(struct dp_core *c);
 void dp_conn_close(struct dp_core *c, uint32_t conn);
 /* Stop accepting connections (shutdown). */
 void dp_ingress_stop_accepting(struct dp_core *c);
-/* Close connections idle for longer than idle_timeout_ns. */
+/* Close connections idle for longer than idle_timeout_ns; re-arm paused accepts. */
 void dp_ingress_idle(struct dp_core *c);
 
 /* request.c */

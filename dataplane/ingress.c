@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "core_pvt.h"
@@ -357,8 +358,15 @@ static void on_accept(struct dp_core *c, uint32_t k, const struct io_uring_cqe *
 	uint32_t i;
 	int one = 1;
 
-	if (!(cqe->flags & IORING_CQE_F_MORE) && !c->stopping)
-		arm_accept(c, k);
+	if (!(cqe->flags & IORING_CQE_F_MORE) && !c->stopping) {
+		/* Out of descriptors or memory: accepting again at once would spin on the same
+		 * error; the timer re-arms it within a millisecond. */
+		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
+		    cqe->res == -ENOBUFS)
+			c->accept_paused |= 1u << k;
+		else
+			arm_accept(c, k);
+	}
 	if (cqe->res < 0)
 		return;
 	if (c->stopping || c->free_conn == DP_NIL) {
@@ -409,9 +417,15 @@ unsigned dp_ingress_reap(struct dp_core *c)
 	return n;
 }
 
-/* Connections with nothing in flight and no frame for idle_timeout_ns are closed. */
+/* Connections with nothing in flight and no frame for idle_timeout_ns are closed; accepts
+ * paused for want of descriptors are armed again. */
 void dp_ingress_idle(struct dp_core *c)
 {
+	for (uint32_t k = 0; c->accept_paused && k < c->cfg.nlisten; k++)
+		if (c->accept_paused & (1u << k)) {
+			c->accept_paused &= ~(1u << k);
+			arm_accept(c, k);
+		}
 	if (!c->cfg.idle_timeout_ns || c->now_ns - c->last_idle_check < IDLE_CHECK_NS)
 		return;
 	c->last_idle_check = c->now_ns;
@@ -442,6 +456,38 @@ void dp_ingress_stop_accepting(struct dp_core *c)
 
 /* ---- set-up ---- */
 
+/*
+ * What the core needs of io_uring, named when missing: accept, receive and send, multishot
+ * receive into provided buffer rings (Linux 6.0). Multishot cannot be probed, so the kernel's
+ * version stands for it.
+ */
+static int check_features(struct io_uring *ring, char *err, size_t errlen)
+{
+	static const struct {
+		int op;
+		const char *name;
+	} ops[] = {{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"}, {IORING_OP_RECV, "IORING_OP_RECV"},
+		   {IORING_OP_SEND, "IORING_OP_SEND"}, {IORING_OP_ASYNC_CANCEL,
+							"IORING_OP_ASYNC_CANCEL"}};
+	struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+	struct utsname u;
+	unsigned major = 0, minor = 0;
+
+	for (size_t k = 0; probe && k < sizeof(ops) / sizeof(ops[0]); k++)
+		if (!io_uring_opcode_supported(probe, ops[k].op)) {
+			snprintf(err, errlen, "this kernel's io_uring lacks %s", ops[k].name);
+			io_uring_free_probe(probe);
+			return -EOPNOTSUPP;
+		}
+	io_uring_free_probe(probe);
+	if (!uname(&u) && sscanf(u.release, "%u.%u", &major, &minor) == 2 && major < 6) {
+		snprintf(err, errlen, "io_uring multishot receive with provided buffer rings needs "
+			 "Linux 6.0 or later; this kernel is %s", u.release);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
 static int setup_ring(struct dp_core *c, char *err, size_t errlen)
 {
 	struct io_uring_params p = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
@@ -463,7 +509,10 @@ static int setup_ring(struct dp_core *c, char *err, size_t errlen)
 							 "kernel.io_uring_disabled)" : "");
 		return rc;
 	}
-	return 0;
+	rc = check_features(&c->ring, err, errlen);
+	if (rc)
+		io_uring_queue_exit(&c->ring);
+	return rc;
 }
 
 int dp_ingress_init(struct dp_core *c, char *err, size_t errlen)

@@ -341,6 +341,15 @@ static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
 	dp_count(c, DP_STAT(decode_retries), 1);
 	rc = r->plan == PDC_PLAN_DISAGG ? rt_route_decode(&c->rt, &r->rq, r->prefill.target, &ch)
 				       : rt_route_fallback(&c->rt, &r->rq, &ch);
+	if (rc && r->plan == PDC_PLAN_DISAGG && !enforced(c, r)) {
+		/* No decode worker can take the prefill's KV any more (the prefill worker went
+		 * too): one that prefills itself still can. */
+		rc = rt_route_fallback(&c->rt, &r->rq, &ch);
+		if (!rc) {
+			r->plan = PDC_PLAN_FALLBACK;
+			dp_count(c, DP_STAT(fallbacks), 1);
+		}
+	}
 	if (rc) {
 		fail(c, i, -ECONNRESET, "the worker went away and no other could take over");
 		return;

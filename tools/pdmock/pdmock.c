@@ -34,6 +34,7 @@ struct mk_opts {
 	uint32_t block_size, capacity, max_running, max_batched_tokens;
 	double watermark, speedup, kv_bytes_per_token, bandwidth;
 	uint32_t fail_prefill_pct, die_after, stall_ms;
+	uint32_t corrupt_after; /* after N requests, a garbage record on the response lane */
 	uint32_t reconnect_ms; /* how long to look for a router after a hang-up; 0: exit */
 	bool instant;	       /* answer every request at once, no engine model */
 	const char *domain_names[MK_MAX_DOMAINS]; /* --domain rack=r1: topology domains */
@@ -195,6 +196,21 @@ static void seq_end(struct mk *m, struct mk_seq *s)
 }
 
 /* Take a request: check it, copy the prompt out of the mailbox, queue it. */
+/* --corrupt-after: a record of a type no router knows, which must cost this worker its
+ * connection and nothing else. */
+static void corrupt(struct mk *m, uint32_t lane)
+{
+	struct shm_ring *r = &m->w.mbox.resp[lane];
+	int err;
+	uint8_t *p = shm_ring_reserve(r, 0x7777, 0, 16, &err);
+
+	if (!p)
+		return;
+	memset(p, 0xA5, 16);
+	shm_ring_commit(r);
+	shm_ring_publish(r);
+}
+
 /* --instant: the whole answer at once, for measuring the router rather than an engine. */
 static void answer_now(struct mk *m, const struct pdw_request *r)
 {
@@ -338,9 +354,14 @@ static double generate(struct mk *m)
 				POST(pdw_post_done(&m->w, s->lane, s->request_id, 1));
 		}
 		if (s->generated == s->max_tokens) {
+			uint32_t lane = s->lane;
+
 			seq_end(m, s);
-			if (m->o.die_after && ++m->served == m->o.die_after)
+			m->served++;
+			if (m->o.die_after && m->served == m->o.die_after)
 				_exit(3); /* injected: the engine dies with requests in flight */
+			if (m->o.corrupt_after && m->served == m->o.corrupt_after)
+				corrupt(m, lane);
 		}
 	}
 	return transfer_ms;
@@ -435,12 +456,16 @@ static const char usage[] =
 	"              [--max-batched-tokens 8192] [--watermark 0.01] [--speedup 1]\n"
 	"              [--fail-prefill PCT] [--die-after N] [--stall-ms MS]\n"
 	"              [--reconnect-ms 30000] [--domain NAME=VALUE]... [--instant]\n"
+	"              [--corrupt-after N] [--kv-bytes-per-token 131072] [--bandwidth-gbps 64]\n"
 	"  --die-after N     exit (status 3) once N requests are served, others in flight\n"
 	"  --stall-ms MS     hold every request MS before starting it: a slow engine\n"
 	"  --reconnect-ms MS after the router hangs up, look for a new one every 100 ms for\n"
 	"                    up to MS, keeping the cache, and dump it there; 0: exit at once\n"
 	"  --instant         answer every request at once (no engine model, no KV events):\n"
-	"                    a worker for measuring the router itself\n";
+	"                    a worker for measuring the router itself\n"
+	"  --corrupt-after N after N requests are served, write a garbage record on the\n"
+	"                    response lane (the router must drop this worker only)\n"
+	"  --kv-bytes-per-token B, --bandwidth-gbps G: the prefill's KV transfer time\n";
 
 /* --domain NAME=VALUE: split in place; the strings live as long as argv. */
 static int add_domain(struct mk_opts *o, char *arg)
@@ -463,11 +488,12 @@ static int parse(int argc, char **argv, struct mk_opts *o)
 	    {"max-batched-tokens", 1, 0, 't'}, {"watermark", 1, 0, 'w'}, {"speedup", 1, 0, 'x'},
 	    {"fail-prefill", 1, 0, 'f'}, {"die-after", 1, 0, 'd'}, {"stall-ms", 1, 0, 'S'},
 	    {"domain", 1, 0, 'D'},	 {"reconnect-ms", 1, 0, 'R'}, {"instant", 0, 0, 'I'},
-	    {"help", 0, 0, 'h'},
+	    {"corrupt-after", 1, 0, 'C'}, {"kv-bytes-per-token", 1, 0, 'K'},
+	    {"bandwidth-gbps", 1, 0, 'B'}, {"help", 0, 0, 'h'},
 	    {0}};
 	int c;
 
-	while ((c = getopt_long(argc, argv, "s:m:M:b:c:r:t:w:x:f:d:S:D:R:Ih", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:m:M:b:c:r:t:w:x:f:d:S:D:R:IC:K:B:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->socket = optarg; break;
 		case 'm': o->model = optarg; break;
@@ -487,6 +513,9 @@ static int parse(int argc, char **argv, struct mk_opts *o)
 		case 'S': o->stall_ms = (uint32_t)atoi(optarg); break;
 		case 'R': o->reconnect_ms = (uint32_t)atoi(optarg); break;
 		case 'I': o->instant = true; break;
+		case 'C': o->corrupt_after = (uint32_t)atoi(optarg); break;
+		case 'K': o->kv_bytes_per_token = atof(optarg); break;
+		case 'B': o->bandwidth = atof(optarg) * 1e9; break;
 		case 'D':
 			if (add_domain(o, optarg)) {
 				fputs("pdmock: --domain takes NAME=VALUE (at most 8)\n", stderr);
@@ -497,7 +526,8 @@ static int parse(int argc, char **argv, struct mk_opts *o)
 		default: fputs(usage, stderr); return -1;
 		}
 	}
-	if (!o->socket || !o->max_running || !(o->speedup > 0)) {
+	if (!o->socket || !o->max_running || !(o->speedup > 0) || !(o->bandwidth > 0) ||
+	    !(o->kv_bytes_per_token >= 0)) {
 		fputs(usage, stderr);
 		return -1;
 	}
