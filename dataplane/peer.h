@@ -8,9 +8,11 @@
  * mailbox belongs to dataplane core i: the core produces into req[i] and consumes resp[i], and
  * nothing else touches them.
  *
- * Lifetime: the control thread announces a new peer to every core (DP_CMD_PEER_ADD) before it
- * registers the worker's targets, so each core polls the lane's responses; when the worker
- * leaves, it unregisters the targets, then announces DP_CMD_PEER_GONE. A core that takes GONE
+ * Lifetime: the control thread registers the worker's targets, then announces the peer to
+ * every core (DP_CMD_PEER_ADD), which then polls the lane's answers; a core that routes to a
+ * target in between posts to the lane and reads the answers once the command arrives, as
+ * commands come in order. When the worker leaves, the control thread unregisters the targets,
+ * then announces DP_CMD_PEER_GONE. A core that takes GONE
  * fails or re-routes its requests on the peer, forgets it and acknowledges. Once every core
  * has, nothing refers to the peer any more and the control thread unmaps the mailbox: that is
  * the grace period.

@@ -394,18 +394,10 @@ static int fill_request(struct dp_core *c, struct dp_req *r, const struct dp_fra
 	if (rc < 0)
 		return rc;
 	rq->model = (uint32_t)rc;
-	if (x->pin_worker != PDC_NO_WORKER) {
-		rc = rt_target_find(c->cfg.rt, x->pin_worker, x->pin_dp_rank);
-		if (rc < 0)
-			return -ENODEV;
-		rq->pin_target = rc;
-	}
-	if (x->pin_prefill_worker != PDC_NO_WORKER) {
-		rc = rt_target_find(c->cfg.rt, x->pin_prefill_worker, x->pin_prefill_dp_rank);
-		if (rc < 0)
-			return -ENODEV;
-		rq->pin_prefill = rc;
-	}
+	rq->pin_worker = (struct rt_pin){x->pin_worker != PDC_NO_WORKER, x->pin_worker,
+					 x->pin_dp_rank};
+	rq->pin_prefill_worker = (struct rt_pin){x->pin_prefill_worker != PDC_NO_WORKER,
+						 x->pin_prefill_worker, x->pin_prefill_dp_rank};
 	return 0;
 }
 
@@ -538,10 +530,11 @@ static void on_prefilled(struct dp_core *c, uint32_t i, const struct shm_lane_an
 	uint64_t t0;
 	int rc;
 
-	/* The prefill's work is done: its predicted load goes now (block tracking is off on the
-	 * prefill stage, so there is nothing left to count). */
-	rt_release(&c->rt, r->prefill.load);
-	r->prefill.load = 0;
+	/* The prefill's work is done: its prompt tokens stop counting (and the prefill stage
+	 * tracks no blocks, so nothing of it is counted any more). The handle is kept until the
+	 * request ends: while it is held, the prefill target's id is not handed to another
+	 * worker, so the decode stage, and any retry of it, reads the right transfer rule. */
+	rt_first_token(&c->rt, r->prefill.load);
 	if (dp_buf_reserve(&c->slab, &r->params, a->n ? a->n : 1)) {
 		dp_count(c, DP_STAT(overloaded), 1);
 		fail(c, i, -ENOBUFS, "router overloaded: no buffer for the KV-transfer params");
@@ -553,6 +546,10 @@ static void on_prefilled(struct dp_core *c, uint32_t i, const struct shm_lane_an
 	t0 = dp_now_ns();
 	rc = rt_route_decode(&c->rt, &r->rq, r->prefill.target, &ch);
 	dp_hist_add(&c->lat_route, dp_now_ns() - t0);
+	if (rc == -ENOENT) { /* the prefill worker left before its answer was read */
+		prefill_failed(c, i, "the prefill worker went away");
+		return;
+	}
 	if (rc) {
 		fail(c, i, rc, route_error(rc));
 		return;

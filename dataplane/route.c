@@ -135,6 +135,28 @@ static uint32_t serving_block_size(const struct rt_model *md)
 						  : rt_pool_block_size(&md->pool[RT_AGGREGATED]);
 }
 
+/*
+ * The target of pin @p among @md's pools @lo..@hi, read inside the decision (A5, R6); one that
+ * no pool holds comes back as an id no target has, so that the pin excludes every target.
+ */
+static int32_t pin_lookup(const struct rt_core *c, const struct rt_model *md, int lo, int hi,
+			  const struct rt_pin *p)
+{
+	for (int k = lo; k <= hi; k++) {
+		const struct rt_pool *pool = &md->pool[k];
+		uint32_t n = rt_pool_size(pool);
+
+		for (uint32_t i = 0; i < n; i++) {
+			uint16_t t = rt_pool_target(pool, i);
+
+			if (c->rt->target[t].worker == p->worker &&
+			    c->rt->target[t].dp_rank == p->dp_rank)
+				return t;
+		}
+	}
+	return (int32_t)c->rt->cfg.max_targets;
+}
+
 /* Validate @rq and start a new request's scratch: returns its model or a negative errno. */
 static int request_begin(struct rt_core *c, const struct rt_request *rq,
 			 const struct rt_model **md)
@@ -153,6 +175,12 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&c->policy))
 		return -EINVAL;
 	*md = &c->rt->model[rq->model];
+	c->pin_serve = rq->pin_worker.set
+			       ? pin_lookup(c, *md, RT_DECODE, RT_AGGREGATED, &rq->pin_worker)
+			       : rq->pin_target;
+	c->pin_prefill = rq->pin_prefill;
+	if (rq->pin_prefill_worker.set)
+		c->pin_prefill = pin_lookup(c, *md, RT_PREFILL, RT_PREFILL, &rq->pin_prefill_worker);
 	c->hashed_bs = 0;
 	c->has_decode_keys = 0;
 	return 0;
@@ -165,8 +193,8 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	struct rt_stage_in in = {
 	    .stage = stage,
 	    .md = md,
-	    .pin = stage == RT_STAGE_PREFILL ? rq->pin_prefill : rq->pin_target,
-	    .serve_pin = rq->pin_target,
+	    .pin = stage == RT_STAGE_PREFILL ? c->pin_prefill : c->pin_serve,
+	    .serve_pin = c->pin_serve,
 	    .prefill = prefill,
 	};
 

@@ -118,6 +118,13 @@ struct rt_overrides {
 
 #define RT_NO_PIN (-1)
 
+/* A pin by worker id and DP rank, for callers that know workers rather than target ids. */
+struct rt_pin {
+	bool set;
+	uint32_t worker;
+	uint32_t dp_rank;
+};
+
 /* A request as the dataplane sees it: every string already turned into an id. */
 struct rt_request {
 	uint32_t model;		/* rt_model_find() */
@@ -127,6 +134,11 @@ struct rt_request {
 	uint64_t now_ns;	/* caller's monotonic clock, for expiry */
 	int32_t pin_target;	/* serve only on this decode/aggregated target, or RT_NO_PIN */
 	int32_t pin_prefill;	/* prefill only on this target, or RT_NO_PIN */
+	/* The same by worker: when set, they win over the two above; the target is looked up
+	 * inside the decision, where registrations cannot change it (a worker that is not in
+	 * the model's pools leaves no eligible target: -ENODEV). */
+	struct rt_pin pin_worker;
+	struct rt_pin pin_prefill_worker;
 	bool peek;		/* decide and explain, change nothing */
 	struct rt_overrides ov;
 };
@@ -282,7 +294,8 @@ int rt_report_load(struct rt_router *rt, uint32_t worker, uint32_t dp_rank,
 /* Id of model @name for rt_request.model, or -ENOENT. Context: any thread. */
 int rt_model_find(const struct rt_router *rt, const char *name, size_t len);
 
-/* Target of (@worker, @dp_rank), for pins and tests, or -ENOENT. */
+/* Target of (@worker, @dp_rank), or -ENOENT. Context: control thread (cores pin with
+ * rt_request.pin_worker: a target found here may be gone by the time a core used it). */
 int rt_target_find(const struct rt_router *rt, uint32_t worker, uint32_t dp_rank);
 
 /* Is the model's prefill stage active: it has prefill targets and decode or aggregated ones? */

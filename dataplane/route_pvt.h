@@ -196,6 +196,7 @@ struct rt_share {
 struct rt_core {
 	struct rt_router *rt;
 	uint32_t index;
+	int32_t pin_serve, pin_prefill; /* the request's pins as target ids (request_begin()) */
 	struct pdx_reader *reader;
 	struct rt_share share;
 	uint64_t rng; /* splitmix64 state */
