@@ -58,7 +58,7 @@ static size_t json_escape(char *o, size_t at, size_t cap, const char *s, size_t 
 	return at;
 }
 
-/* Turn "k=v k2=\"a b\"" into ,"k":"v","k2":"a b" after the JSON line's opening. */
+/* Turn k=v k2="a b" into ,"k":"v","k2":"a b" after the JSON line's opening. */
 static size_t fields_to_json(char *o, size_t at, size_t cap, const char *f)
 {
 	while (*f && at + 16 < cap) {
@@ -74,10 +74,13 @@ static size_t fields_to_json(char *o, size_t at, size_t cap, const char *f)
 		at = json_escape(o, at, cap, f, (size_t)(eq - f));
 		at += (size_t)snprintf(o + at, cap - at, "\":\"");
 		v = eq + 1;
-		if (*v == '"') {
-			end = strchr(++v, '"');
-			end = end ? end : v + strlen(v);
-			at = json_escape(o, at, cap, v, (size_t)(end - v));
+		if (*v == '"') { /* quoted: \" and \\ inside (pd_log_quote()) */
+			char val[LINE_MAX_BYTES / 2];
+			size_t n = 0;
+
+			for (end = ++v; *end && *end != '"' && n < sizeof(val); end++)
+				val[n++] = end[0] == '\\' && end[1] ? *++end : *end;
+			at = json_escape(o, at, cap, val, n);
 			f = *end ? end + 1 : end;
 		} else {
 			end = strchr(v, ' ');
@@ -89,6 +92,19 @@ static size_t fields_to_json(char *o, size_t at, size_t cap, const char *f)
 			o[at++] = '"';
 	}
 	return at;
+}
+
+const char *pd_log_quote(char *buf, size_t len, const char *s)
+{
+	size_t at = 0;
+
+	for (; *s && at + 2 < len; s++) {
+		if (*s == '"' || *s == '\\')
+			buf[at++] = '\\';
+		buf[at++] = *s;
+	}
+	buf[at < len ? at : len - 1] = 0;
+	return buf;
 }
 
 void pd_log(enum pd_log_level level, const char *event, const char *fields, ...)

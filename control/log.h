@@ -6,6 +6,8 @@
 #ifndef PD_CONTROL_LOG_H
 #define PD_CONTROL_LOG_H
 
+#include <stddef.h>
+
 enum pd_log_level { PD_LOG_DEBUG, PD_LOG_INFO, PD_LOG_WARN, PD_LOG_ERROR };
 enum pd_log_format { PD_LOG_LOGFMT, PD_LOG_JSON };
 
@@ -18,9 +20,14 @@ int pd_log_format_parse(const char *s);
 
 /**
  * pd_log - log @event with fields.
- * @fields: printf format of space-separated key=value pairs; a value with spaces or quotes
- *          must be written as key="..." with %s: it is quoted for JSON as written.
+ * @fields: printf format of space-separated key=value pairs; a value with spaces must be
+ *          written as key="%s", and a string from outside (a path, an error text, a worker's
+ *          reason) through pd_log_quote(), so that its quotes and backslashes are escaped.
  */
+/* Escape @s's quotes and backslashes into @buf (@len bytes, cut short if need be) for a
+ * quoted field value; returns @buf. */
+const char *pd_log_quote(char *buf, size_t len, const char *s);
+
 void pd_log(enum pd_log_level level, const char *event, const char *fields, ...)
 	__attribute__((format(printf, 3, 4)));
 

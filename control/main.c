@@ -40,7 +40,9 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	rc = pd_daemon_start(&d, &o, err, sizeof(err));
 	if (rc) {
-		pd_log(PD_LOG_ERROR, "start_failed", "error=\"%s\"", err);
+		char q[sizeof(err) * 2];
+
+		pd_log(PD_LOG_ERROR, "start_failed", "error=\"%s\"", pd_log_quote(q, sizeof(q), err));
 		pd_daemon_stop(&d);
 		return 1;
 	}

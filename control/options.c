@@ -127,6 +127,28 @@ static int num(const char *v, double lo, double hi, double *out)
 										       : 0;
 }
 
+/* The largest value of integer setting @id: what its unit conversion can hold. */
+static double int_max(enum opt id)
+{
+	switch (id) {
+	case O_PREFILL_TIMEOUT:
+	case O_DECODE_TIMEOUT:
+	case O_IDLE_TIMEOUT:
+	case O_LEASE:
+	case O_STATS_INTERVAL:
+		return 1e12; /* ms: 31 years, 1e18 ns */
+	case O_EXPIRY:
+		return 1e9; /* s */
+	case O_WAKE_US:
+	case O_SPIN_US:
+		return 1e12; /* us */
+	case O_CORE_MEMORY:
+		return 1 << 24; /* MB: 16 TiB */
+	default:
+		return 1e15;
+	}
+}
+
 /* Apply @v to setting @id. Returns 0, 1 for --help / --version, or -EINVAL with @err. */
 static int set(struct pd_options *o, enum opt id, const char *name, const char *v, char *err,
 	       size_t errlen)
@@ -160,16 +182,18 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 	case O_ENFORCE_DISAGG: o->rt.enforce_disagg = true; break;
 	case O_TRANSFER_DOMAIN:
 		o->rt.transfer.domain = v;
-		if (o->rt.transfer.enforcement == RT_TRANSFER_NONE)
+		if (!o->enforcement_given) /* a domain alone means required */
 			o->rt.transfer.enforcement = RT_TRANSFER_REQUIRED;
 		break;
 	case O_TRANSFER_ENFORCEMENT:
 		k = !strcmp(v, "none") ? RT_TRANSFER_NONE : !strcmp(v, "preferred")
 			? RT_TRANSFER_PREFERRED : !strcmp(v, "required") ? RT_TRANSFER_REQUIRED : -1;
-		if (k < 0)
+		if (k < 0) {
 			rc = -EINVAL;
-		else
+		} else {
 			o->rt.transfer.enforcement = (enum rt_enforcement)k;
+			o->enforcement_given = true;
+		}
 		break;
 	case O_LOG_LEVEL:
 		if ((k = pd_log_level_parse(v)) < 0)
@@ -198,8 +222,17 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 	case O_BUSY_KV:
 		rc = num(v, 0, 1, &o->rt.busy_kv_fraction);
 		break;
-	default: /* the integers */
-		rc = num(v, id == O_CONTROL_CPU ? -1 : 0, id == O_SEED ? 1.8e19 : big, &x);
+	case O_SEED: { /* all 64 bits: not through a double */
+		char *end;
+
+		errno = 0;
+		o->rt.seed = strtoull(v, &end, 10);
+		if (errno || end == v || *end || *v == '-')
+			rc = -EINVAL;
+		break;
+	}
+	default: /* the integers, bounded so that a conversion to ns or bytes cannot wrap */
+		rc = num(v, id == O_CONTROL_CPU ? -1 : 0, int_max(id), &x);
 		if (!rc && x != floor(x))
 			rc = -EINVAL;
 		if (rc)
@@ -227,7 +260,6 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 		case O_LEASE: o->lease_ms = (uint64_t)x; break;
 		case O_EXPIRY: o->rt.expiry_ns = (uint64_t)x * 1000000000ull; break;
 		case O_STATS_INTERVAL: o->stats_interval_ms = (uint64_t)x; break;
-		case O_SEED: o->rt.seed = (uint64_t)x; break;
 		case O_WAKE_US: o->core.wake_ns = (uint64_t)x * 1000; break;
 		case O_SPIN_US: o->core.spin_ns = (uint64_t)x * 1000; break;
 		case O_CORE_MEMORY: o->core.memory_bytes = (size_t)x << 20; break;
@@ -254,16 +286,27 @@ struct file_ctx {
 	int rc;
 };
 
-/* A key of the config file: the flag of the same name, values kept for the process's life. */
+/* Settings that keep the string they were given (a path, an address, a name). */
+static bool keeps_string(enum opt id)
+{
+	return id == O_LISTEN || id == O_CONTROL_SOCKET || id == O_ADMIN_SOCKET || id == O_CPUS ||
+	       id == O_TRANSFER_DOMAIN;
+}
+
+/*
+ * A key of the config file: the flag of the same name. Strings a setting keeps live as long as
+ * the process (the options point at them). Returns nonzero to inih to go on, 0 after an error.
+ */
 static int on_key(void *user, const char *section, const char *name, const char *value)
 {
 	struct file_ctx *f = user;
 	const struct opt_doc *d = find(name);
-	char *v = strdup(value);
+	char *v;
 
 	(void)section;
 	if (f->rc)
 		return 0;
+	v = strdup(value);
 	if (!d || d->id == O_CONFIG || d->id == O_HELP || d->id == O_VERSION || !v) {
 		snprintf(f->err, f->errlen, "unknown key in the config file: '%s'", name);
 		f->rc = -EINVAL;
@@ -278,17 +321,19 @@ static int on_key(void *user, const char *section, const char *name, const char 
 		free(v);
 		if (f->rc == -EINVAL && !*f->err)
 			snprintf(f->err, f->errlen, "%s takes true or false", name);
-		return 0;
+		return !f->rc;
 	}
 	f->rc = set(f->o, d->id, name, v, f->err, f->errlen);
-	return 0;
+	if (f->rc || !keeps_string(d->id))
+		free(v);
+	return !f->rc;
 }
 
 static void defaults(struct pd_options *o)
 {
 	*o = (struct pd_options){.control_socket = "/tmp/pdrouter.sock",
 				 .admin_socket = "/tmp/pdrouter.admin.sock", .control_cpu = -1,
-				 .lease_ms = 3000, .max_targets = 1024,
+				 .lease_ms = 3000, .max_targets = 1024, .log_level = PD_LOG_INFO,
 				 .core = {.decode_retries = 1}};
 	rt_config_default(&o->rt);
 	o->rt.transfer.preferred_weight = 0.5;
@@ -298,6 +343,7 @@ int pd_options_parse(struct pd_options *o, int argc, char **argv, char *err, siz
 {
 	struct option longs[NDOCS + 1];
 	const char *config = NULL;
+	bool listen_flag = false;
 	int c, rc;
 
 	defaults(o);
@@ -307,7 +353,9 @@ int pd_options_parse(struct pd_options *o, int argc, char **argv, char *err, siz
 								    : no_argument, NULL,
 					   docs[i].id};
 	longs[NDOCS] = (struct option){0};
-	/* First pass: only --config (and --help), so the flags can override the file. */
+	/* First pass: only --config (and --help), so the flags can override the file. optind 0
+	 * resets glibc's getopt whole, also inside a cluster of short flags (1 does not). */
+	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "hVc:l:", longs, NULL)) != -1) {
 		if (c == O_CONFIG)
@@ -330,18 +378,33 @@ int pd_options_parse(struct pd_options *o, int argc, char **argv, char *err, siz
 		}
 		o->config = config;
 	}
-	optind = 1;
+	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "hVc:l:", longs, NULL)) != -1) {
 		const struct opt_doc *d = NULL;
 
 		if (c == '?' || c == ':') {
-			snprintf(err, errlen, "unknown option or missing value: %s",
-				 argv[optind - 1]);
+			/* What the user typed: a long flag as written, a short one with the
+			 * cluster it came in (glibc leaves optind on a cluster until its end). */
+			const char *arg = optind < argc && argv[optind][0] == '-' &&
+						  argv[optind][1] != '-' && optopt &&
+						  strchr(argv[optind], optopt)
+					      ? argv[optind]
+					      : argv[optind - 1];
+
+			if (strncmp(arg, "--", 2) && optopt > 0 && optopt < 256)
+				snprintf(err, errlen, "unknown option or missing value: -%c (in %s)",
+					 optopt, arg);
+			else
+				snprintf(err, errlen, "unknown option or missing value: %s", arg);
 			return -EINVAL;
 		}
 		if (c == O_CONFIG)
 			continue;
+		if (c == O_LISTEN && !listen_flag) { /* listen flags replace the file's */
+			listen_flag = true;
+			o->nlisten = 0;
+		}
 		for (size_t i = 0; i < NDOCS && !d; i++)
 			if ((int)docs[i].id == c)
 				d = &docs[i];

@@ -33,6 +33,7 @@ struct pd_options {
 	enum pd_log_level log_level;
 	enum pd_log_format log_format;
 	const char *config;		   /* the file read, for the start-up line */
+	bool enforcement_given;		   /* --kv-transfer-enforcement was set, even to none */
 };
 
 /**
