@@ -22,6 +22,7 @@ enum opt {
 	O_DECODE_RETRIES, O_IDLE_TIMEOUT, O_MAX_FRAME, O_MAX_PROMPT, O_MAX_INFLIGHT_CONN,
 	O_MAX_REQUESTS, O_MAX_TARGETS, O_LEASE, O_EXPIRY, O_STATS_INTERVAL, O_LOG_LEVEL,
 	O_LOG_FORMAT, O_SEED, O_WAKE_US, O_SPIN_US, O_CORE_MEMORY, O_ADMIN_SOCKET, O_BLOCK_SIZE,
+	O_POLICY,
 };
 
 struct opt_doc {
@@ -49,6 +50,8 @@ static const struct opt_doc docs[] = {
 	{"sqpoll", O_SQPOLL, NULL, "a kernel thread submits io_uring work (IORING_SETUP_SQPOLL)"},
 	{"block-size", O_BLOCK_SIZE, "N", "KV block size in tokens workers must register "
 					  "(default: any; a model's pool keeps its first)"},
+	{"policy", O_POLICY, "NAME", "kv (KV-aware, default), or a baseline to compare it with: "
+				     "round-robin, random or least-loaded"},
 	{"router-temperature", O_TEMPERATURE, "T", "softmax temperature; 0 picks the cheapest "
 						   "(default 0)"},
 	{"kv-overlap-score-credit", O_CREDIT, "X", "prefill blocks credited per cached block "
@@ -194,6 +197,14 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 			o->rt.transfer.enforcement = (enum rt_enforcement)k;
 			o->enforcement_given = true;
 		}
+		break;
+	case O_POLICY:
+		if ((k = rt_policy_kind_parse(v)) < 0) {
+			snprintf(err, errlen, "unknown %s '%s': kv, round-robin, random or "
+					      "least-loaded", name, v);
+			return -EINVAL;
+		}
+		o->rt.policy_kind = (enum rt_policy_kind)k;
 		break;
 	case O_LOG_LEVEL:
 		if ((k = pd_log_level_parse(v)) < 0)

@@ -36,6 +36,10 @@ int rt_core_init(struct rt_core *c, struct rt_router *rt, uint32_t index)
 	c->has_decode = calloc(RT_DOMAIN_KEYS * RT_DOMAIN_VALUES / 64, sizeof(uint64_t));
 	c->weight = calloc(cfg->max_targets, sizeof(double));
 	c->tie = calloc(cfg->max_targets, sizeof(uint32_t));
+	if (cfg->policy_kind == RT_POLICY_ROUND_ROBIN) {
+		c->rr_next = calloc((size_t)cfg->max_models * RT_STAGES, sizeof(uint32_t));
+		rc = rc ? rc : c->rr_next ? 0 : -ENOMEM;
+	}
 	for (uint32_t s = 0; s < RT_STAGES; s++) {
 		c->cand[s] = calloc(cfg->max_targets, sizeof(struct rt_candidate));
 		rc = rc ? rc : c->cand[s] ? 0 : -ENOMEM;
@@ -66,6 +70,7 @@ void rt_core_destroy(struct rt_core *c)
 	free(c->has_decode);
 	free(c->weight);
 	free(c->tie);
+	free(c->rr_next);
 	for (uint32_t s = 0; s < RT_STAGES; s++)
 		free(c->cand[s]);
 	memset(c, 0, sizeof(*c));
@@ -174,6 +179,12 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 	policy_override(&c->policy, &rq->ov);
 	if ((!rq->tokens && rq->ntokens) || !rt_policy_ok(&c->policy))
 		return -EINVAL;
+	if (c->rt->cfg.policy_kind != RT_POLICY_KV) {
+		/* The baselines never sample by cost; least-loaded weighs load alone. */
+		c->policy.temperature = 0.0;
+		if (c->rt->cfg.policy_kind == RT_POLICY_LEAST_LOADED)
+			c->policy.overlap_score_credit = 0.0;
+	}
 	*md = &c->rt->model[rq->model];
 	c->pin_serve = rq->pin_worker.set
 			       ? pin_lookup(c, *md, RT_DECODE, RT_AGGREGATED, &rq->pin_worker)
@@ -196,6 +207,7 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 	    .pin = stage == RT_STAGE_PREFILL ? c->pin_prefill : c->pin_serve,
 	    .serve_pin = c->pin_serve,
 	    .prefill = prefill,
+	    .kind = c->rt->cfg.policy_kind,
 	};
 
 	stage_policy(c, stage, &in.pol);
@@ -207,12 +219,14 @@ static int stage_run(struct rt_core *c, const struct rt_request *rq, const struc
 		       (prefill && prefill->rule.enforcement != RT_TRANSFER_NONE) ||
 		       (stage == RT_STAGE_PREFILL &&
 			atomic_load_explicit(&c->rt->required_rules, memory_order_relaxed));
+	in.by_cost = in.kind == RT_POLICY_KV || in.kind == RT_POLICY_LEAST_LOADED;
 	memset(out, 0, sizeof(*out));
 	if (!in.block_size || rq->ntokens / in.block_size > c->rt->cfg.max_prompt_blocks) {
 		int rc = in.block_size ? -E2BIG : -ENODEV; /* no pool, or a prompt too long */
 
 		c->explain[stage] = (struct rt_explain){.stage = stage, .outcome = rc,
 							.model = rq->model, .policy = in.pol,
+							.policy_kind = in.kind,
 							.cand = c->cand[stage]};
 		rt_core_add(c, RT_STAT(decisions), 1);
 		return rc;
@@ -377,6 +391,22 @@ const char *rt_stage_name(enum rt_stage stage)
 	static const char *const name[RT_STAGES] = {"aggregated", "prefill", "decode", "fallback"};
 
 	return (unsigned)stage < RT_STAGES ? name[stage] : "unknown";
+}
+
+static const char *const policy_kind_name[RT_POLICY_KINDS] = {"kv", "round-robin", "random",
+								 "least-loaded"};
+
+const char *rt_policy_kind_name(enum rt_policy_kind kind)
+{
+	return (unsigned)kind < RT_POLICY_KINDS ? policy_kind_name[kind] : "unknown";
+}
+
+int rt_policy_kind_parse(const char *name)
+{
+	for (int k = 0; name && k < (int)RT_POLICY_KINDS; k++)
+		if (!strcmp(name, policy_kind_name[k]))
+			return k;
+	return -EINVAL;
 }
 
 const char *rt_filter_name(enum rt_filter filter)

@@ -46,6 +46,21 @@ struct rt_policy {
 	bool track_prefill_tokens;   /* count not-yet-prefilled tokens as load: true */
 };
 
+/*
+ * How a stage chooses among its eligible targets (after pins, topology and busy thresholds).
+ * RT_POLICY_KV is routing-semantics §4; the others are baselines to compare it with, and they
+ * record predicted load exactly as it does. Under a baseline the temperature (configured or
+ * overridden) is ignored, and under least-loaded the overlap credit as well.
+ */
+enum rt_policy_kind {
+	RT_POLICY_KV,		/* cheapest §4 cost, or softmax under a temperature: the default */
+	RT_POLICY_ROUND_ROBIN,	/* next eligible target in pool order, a cursor per model and
+				 * stage on each core */
+	RT_POLICY_RANDOM,	/* uniform over the eligible targets */
+	RT_POLICY_LEAST_LOADED,	/* cheapest §4 cost with overlap credit 0, no temperature */
+	RT_POLICY_KINDS
+};
+
 /* KV-transfer topology rule (routing-semantics §6): domain name, enforcement, weight 0..1. */
 struct rt_transfer {
 	const char *domain; /* e.g. "rack"; NULL: no rule */
@@ -55,6 +70,8 @@ struct rt_transfer {
 
 struct rt_config {
 	struct rt_policy policy;
+	/* How every stage chooses among its eligible targets; 0: RT_POLICY_KV. */
+	enum rt_policy_kind policy_kind;
 	struct rt_transfer transfer;	/* global rule; a worker may register its own */
 	double busy_kv_fraction;	/* busy when reported used KV / capacity > this; 0: off */
 	uint64_t busy_prefill_tokens;	/* busy when active prefill tokens > this; 0: off */
@@ -205,6 +222,7 @@ struct rt_explain {
 	uint32_t model;
 	uint32_t blocks;	/* prompt blocks at the stage's block size */
 	struct rt_policy policy; /* after overrides and stage rules */
+	enum rt_policy_kind policy_kind; /* the router's: which rule made @chosen */
 	uint32_t ncand;
 	uint32_t chosen;	/* index into @cand, when outcome is 0 */
 	const struct rt_candidate *cand;
@@ -242,8 +260,8 @@ void rt_config_default(struct rt_config *cfg);
  * @index: the prefix index; the router drops a leaving worker's targets from it, so
  *         @cfg->max_targets must not exceed the index's.
  *
- * Returns 0, -EINVAL for a value out of range (a negative or non-finite policy knob, a bad
- * cfg->transfer, a limit too large), or -ENOMEM.
+ * Returns 0, -EINVAL for a value out of range (a negative or non-finite policy knob, an
+ * unknown policy kind, a bad cfg->transfer, a limit too large), or -ENOMEM.
  * Context: control thread, before any core routes.
  */
 int rt_router_init(struct rt_router *rt, const struct rt_config *cfg, struct pdx *index);
@@ -421,8 +439,8 @@ const struct rt_explain *rt_core_explain(const struct rt_core *core, enum rt_sta
 
 /**
  * rt_explain_format - an explanation as text: a line for the decision (stage, model, prompt
- * blocks, outcome, policy), then a line per candidate (its figures, or why it was filtered),
- * the chosen one marked '*'.
+ * blocks, outcome, the policy kind as policy=NAME and its knobs), then a line per candidate
+ * (its figures, or why it was filtered), the chosen one marked '*'.
  * @buf: receives the text, cut short (and terminated) when @len is too small.
  *
  * Returns the length the whole text needs, as snprintf() does.
@@ -443,6 +461,12 @@ void rt_core_stats(const struct rt_core *core, struct rt_core_stats *out);
  */
 void rt_target_load(const struct rt_router *rt, uint16_t target, uint64_t *blocks,
 		    uint64_t *prefill_tokens);
+
+/* Name of a policy kind ("kv", "round-robin", "random", "least-loaded"); "unknown" else. */
+const char *rt_policy_kind_name(enum rt_policy_kind kind);
+
+/* The policy kind named @name (as rt_policy_kind_name() spells it), or -EINVAL. */
+int rt_policy_kind_parse(const char *name);
 
 /* Short name of a stage or filter for logs ("prefill", "busy_kv", ...). */
 const char *rt_stage_name(enum rt_stage stage);

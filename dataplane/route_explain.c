@@ -83,12 +83,13 @@ size_t rt_explain_format(const struct rt_router *rt, const struct rt_explain *ex
 
 	if (len)
 		buf[0] = '\0';
-	put(&o, "stage=%s model=%.*s blocks=%u outcome=%s candidates=%u credit=%g load_scale=%g "
-		"temperature=%g kv_reuse=%d active_blocks=%d prefill_tokens=%d\n",
+	put(&o, "stage=%s model=%.*s blocks=%u outcome=%s candidates=%u policy=%s credit=%g "
+		"load_scale=%g temperature=%g kv_reuse=%d active_blocks=%d prefill_tokens=%d\n",
 	    rt_stage_name(ex->stage), ex->model < rt->nmodels ? (int)rt->model[ex->model].len : 1,
 	    ex->model < rt->nmodels ? rt->model[ex->model].name : "?", ex->blocks,
-	    outcome_name(ex->outcome), ex->ncand, p->overlap_score_credit, p->prefill_load_scale,
-	    p->temperature, p->assume_kv_reuse, p->track_active_blocks, p->track_prefill_tokens);
+	    outcome_name(ex->outcome), ex->ncand, rt_policy_kind_name(ex->policy_kind),
+	    p->overlap_score_credit, p->prefill_load_scale, p->temperature, p->assume_kv_reuse,
+	    p->track_active_blocks, p->track_prefill_tokens);
 	for (uint32_t i = 0; i < ex->ncand; i++)
 		put_candidate(&o, rt, &ex->cand[i], ex->outcome == 0 && i == ex->chosen);
 	return o.used;

@@ -220,6 +220,9 @@ struct rt_core {
 	uint32_t has_decode_keys;
 	double *weight; /* temperature sampling */
 	uint32_t *tie;	/* candidates tied for the lowest cost */
+	/* Round-robin only (else NULL): per model and stage, the candidate index after the last
+	 * one chosen, in pool order (route_score.c). */
+	uint32_t *rr_next; /* [max_models][RT_STAGES] */
 	struct rt_candidate *cand[RT_STAGES];
 	struct rt_explain explain[RT_STAGES];
 };
@@ -235,6 +238,8 @@ struct rt_stage_in {
 	int32_t serve_pin;		 /* prefill stage: the request's decode pin */
 	const struct rt_target *prefill; /* decode stage: whose transfer rule applies; or NULL */
 	bool filtering;			 /* some filter may exclude a target */
+	bool by_cost;			 /* cheapest or softmax by @pol: kv and least-loaded */
+	enum rt_policy_kind kind;
 };
 
 /* A stage's load to record (route_load.c). */

@@ -81,7 +81,8 @@ static int config_check(struct rt_config *cfg, const struct pdx *index)
 	    cfg->max_requests >= RT_NIL || cfg->max_active_blocks > RT_ACTIVE_BLOCKS_LIMIT ||
 	    cfg->max_inflight_blocks > RT_INFLIGHT_BLOCKS_LIMIT)
 		return -EINVAL;
-	if (!(cfg->busy_kv_fraction >= 0.0) || !rt_policy_ok(&cfg->policy))
+	if (!(cfg->busy_kv_fraction >= 0.0) || !rt_policy_ok(&cfg->policy) ||
+	    (unsigned)cfg->policy_kind >= RT_POLICY_KINDS)
 		return -EINVAL;
 	return 0;
 }

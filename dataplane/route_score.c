@@ -1,9 +1,10 @@
 /*
  * One routing stage (routing-semantics §4, §6): find each candidate's overlap and in-flight
  * blocks, filter (pin, topology, busy), cost, select (cheapest with a uniform tie-break, or
- * softmax sampling under a temperature) and record the chosen target's load. The candidate
- * array is the explanation: every figure the decision used stays there until the next one.
- * Runs on the dataplane core that routes; no allocation, no locks.
+ * softmax sampling under a temperature; round-robin or random for those baselines) and record
+ * the chosen target's load. The candidate array is the explanation: every figure the decision
+ * used stays there until the next one. Runs on the dataplane core that routes; no allocation,
+ * no locks.
  */
 #include <errno.h>
 #include <math.h>
@@ -286,6 +287,40 @@ static uint32_t select_softmax(struct rt_core *c, const struct rt_candidate *can
 	return last; /* rounding left r a hair above the last weight */
 }
 
+/* The @k-th eligible candidate from @from on, wrapping round; @k is below the eligible count. */
+static uint32_t nth_eligible(const struct rt_candidate *cand, uint32_t ncand, uint32_t from,
+			     uint32_t k)
+{
+	for (uint32_t i = from;; i = i + 1 < ncand ? i + 1 : 0)
+		if (cand[i].filter == RT_ELIGIBLE && k-- == 0)
+			return i;
+}
+
+/*
+ * Round-robin: the first eligible candidate from the stage's cursor on, in pool order. A route
+ * moves the cursor past it; a peek leaves it. Filtered candidates are skipped, not waited for,
+ * and a pool that changed since (a target left: the last entry moved into its place) only
+ * shifts where the cycle resumes.
+ */
+static uint32_t select_round_robin(struct rt_core *c, const struct rt_request *rq,
+				   const struct rt_stage_in *in, const struct rt_candidate *cand,
+				   uint32_t ncand)
+{
+	uint32_t *next = &c->rr_next[(size_t)rq->model * RT_STAGES + in->stage];
+	uint32_t i = nth_eligible(cand, ncand, *next < ncand ? *next : 0, 0);
+
+	if (!rq->peek)
+		*next = i + 1;
+	return i;
+}
+
+/* Random: uniform over the eligible candidates, one draw (which a peek puts back). */
+static uint32_t select_random(struct rt_core *c, const struct rt_candidate *cand, uint32_t ncand,
+			      uint32_t eligible)
+{
+	return nth_eligible(cand, ncand, 0, random_below(c, eligible));
+}
+
 /* The stage's error when nothing is eligible: busy wins over topology over "no target". */
 static int no_choice(const struct rt_candidate *cand, uint32_t ncand)
 {
@@ -343,6 +378,7 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 	uint32_t n = (uint32_t)(rq->ntokens / in->block_size), ncand = 0, eligible = 0;
 	size_t nmatch = gather(c, rq, in, n);
 	struct cheapest min = {.tie = c->tie};
+	bool offer = in->by_cost && in->pol.temperature == 0.0;
 	struct scoring sc;
 	int rc = 0;
 
@@ -359,14 +395,19 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 			if (cand[ncand].filter != RT_ELIGIBLE)
 				continue;
 			eligible++;
-			if (in->pol.temperature == 0.0)
+			if (offer)
 				cheapest_offer(&min, ncand, cand[ncand].cost);
 		}
 	}
 	*ex = (struct rt_explain){.stage = in->stage, .model = rq->model, .blocks = n,
-				  .policy = in->pol, .ncand = ncand, .cand = cand};
+				  .policy = in->pol, .policy_kind = in->kind, .ncand = ncand,
+				  .cand = cand};
 	if (!eligible)
 		rc = no_choice(cand, ncand);
+	else if (in->kind == RT_POLICY_ROUND_ROBIN)
+		ex->chosen = select_round_robin(c, rq, in, cand, ncand);
+	else if (in->kind == RT_POLICY_RANDOM)
+		ex->chosen = select_random(c, cand, ncand, eligible);
 	else if (in->pol.temperature > 0.0)
 		ex->chosen = select_softmax(c, cand, ncand, in->pol.temperature);
 	else
