@@ -45,9 +45,15 @@ int bench_route_main(int argc, char **argv);
  */
 int bench_mailbox_main(int argc, char **argv);
 
-/*
- * pdbench load --router ADDR [--admin PATH] [--trace FILE] ...: requests against a running
- * pdrouter; client latency, throughput, KV hit rate and the router's own latency.
+/**
+ * bench_load_main - `pdbench load`: requests against a running pdrouter (bench_load*.c), open
+ * or closed loop; client latency, throughput, KV hit rate, the generator's lag behind its
+ * schedule and the router's own latency.
+ * @argc, @argv: the arguments from "load" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (a request failed or went unanswered, the run stopped early,
+ * a report file could not be written, out of memory) or BENCH_USAGE (bad arguments, an
+ * unreadable trace, no router at the address).
  */
 int bench_load_main(int argc, char **argv);
 

@@ -1,681 +1,494 @@
 /*
- * pdbench load: drive a running pdrouter with requests and measure what clients see.
- *
- * Requests come from a Mooncake trace (JSONL: timestamp ms, input_length, output_length,
- * hash_ids, one id per 512-token block; equal ids are the same tokens, so shared prefixes
- * stay shared) or are synthetic (prompts from a few shared prefixes). They are sent open loop
- * (--rate, Poisson arrivals; or the trace's own timestamps with --speedup) or closed loop
- * (--concurrency requests always outstanding), over --connections connections, from one
- * thread with poll(). Reported: throughput, client-side latency to the routing decision
- * (ROUTED), to the first token and to the end, the KV hit rate (cached / prompt tokens from
- * DONE), plans (disaggregated, fallback), errors by code, and, with --admin, the router's own
- * added latency over the run (its histograms before and after, dataplane/hist.h).
+ * pdbench load: drive a running pdrouter over the client protocol and measure what clients
+ * see. This file owns the options and the run: it sends each request when the schedule says
+ * (bench_load_sched.c), with the prompt the workload makes (bench_load_work.c), over the
+ * connections of bench_load_io.c, records every answer's time, and hands the records to the
+ * summary and the reports (bench_load_stats.c, bench_load_report.c, bench_load_plot.c). One
+ * thread does it all; it sleeps until the next arrival or answer, with a 1 ns timer slack.
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
-#include <poll.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "bench.h"
-#include "frame.h"
-#include "hist.h"
-#include "pdclient.h"
+#include "bench_load.h"
+#include "bench_load_io.h"
 
-#define TRACE_BLOCK 512u
-#define MAX_CONNS 256u
-#define ERR_CODES 4096
+#define DRAIN_NS (30ull * 1000000000ull) /* how long answers may come after the last send */
+#define PROGRESS_NS 1000000000ull
+#define IDLE_WAIT_NS 10000000ull	  /* a wait with nothing due but answers */
 
 struct load_opts {
-	const char *router, *admin, *trace, *model;
+	const char *router, *admin, *trace, *model, *csv, *plot;
+	enum load_sched_kind sched;
+	enum load_io_mode io;
 	double rate, speedup, duration;
-	uint32_t concurrency, connections, max_tokens, requests, prompt_tokens, prefixes;
-	uint32_t max_input; /* trace records with longer prompts are skipped; 0: none */
-	bool stream, peek, json;
-};
-
-struct trace_req {
-	uint64_t at_ns; /* the trace's timestamp */
-	uint32_t input, output, nids;
-	uint32_t *ids;
-};
-
-struct track {
-	uint64_t sent, routed, first, done;
-	uint32_t prompt, cached;
-	uint8_t plan, state; /* state: 0 free, 1 in flight, 2 done, 3 error */
-};
-
-struct lconn {
-	int fd;
-	uint8_t *out, *in;
-	size_t out_len, out_cap, in_len, in_cap, out_off;
+	uint32_t concurrency, connections, max_tokens, requests, max_input, seed, spin_us;
+	struct load_synth synth;
+	bool stream, peek, json, progress, sched_set, synth_set;
 };
 
 struct load {
 	struct load_opts o;
-	struct trace_req *reqs;
-	uint32_t nreqs, next_req, skipped;
-	struct lconn conns[MAX_CONNS];
-	struct track *track;
-	uint64_t ntrack, cap_track, inflight, completed, errors, tokens;
-	uint64_t err_count[ERR_CODES];
+	struct load_io io;
+	struct load_trace trace;
+	struct load_sched sched;
+	struct load_vec recs, gaps; /* struct load_rec per request id - 1; uint64_t ITL gaps */
 	uint32_t *tokbuf;
-	uint64_t rng;
+	uint64_t start, inflight, completed, errors, tokens;
+	struct { /* the last progress line, for per-second rates */
+		uint64_t at, completed, tokens, lag_max;
+	} prog;
 };
 
-/* ---- requests ---- */
+/* ---- options ---- */
 
-static int parse_trace_line(const char *line, struct trace_req *r)
+static const char usage_text[] =
+	"usage: pdbench load --router ADDR [--admin PATH] [--model NAME] [workload]\n"
+	"         [schedule] [--duration S] [--requests N] [--connections N] [--stream]\n"
+	"         [--peek] [--max-tokens N] [--io auto|uring|poll] [--spin-us N]\n"
+	"         [--json] [--csv FILE] [--plot DIR] [--progress]\n"
+	"Drives a running pdrouter (ADDR: unix:PATH or HOST:PORT) and reports latency\n"
+	"(TTFT, inter-token, end to end; p50/p90/p99/p99.9), throughput, errors, plans,\n"
+	"the KV hit rate (cached / prompt tokens, from DONE), the generator's lag behind\n"
+	"its schedule, and with --admin the router's own latency over the run.\n"
+	"\nWorkload, one of:\n"
+	"  --trace FILE   Mooncake JSONL (timestamp ms, input_length, output_length,\n"
+	"                 hash_ids); --max-input N skips longer prompts. Token t of a\n"
+	"                 request is hash_ids[t / 512] * 512 + t % 512 (mod 2^32): equal\n"
+	"                 hash ids are equal tokens, so shared prefixes stay shared.\n"
+	"  synthetic      --prompt-tokens MEAN (2048) --prompt-dist D, --output-tokens\n"
+	"   (default)     MEAN (16) --output-dist D; D: fixed (default), uniform (MEAN +-\n"
+	"                 MEAN/2) or exponential (1 .. 8 x MEAN). --prefixes N (8) groups\n"
+	"                 each share the first --prefix-ratio R (0.5) of every prompt;\n"
+	"                 the rest is the request's own. --seed N (1).\n"
+	"Schedule (--schedule; default: trace with --speedup, poisson with --rate, else\n"
+	"closed):\n"
+	"  closed   --concurrency N (8) requests always in flight\n"
+	"  fixed    --rate R requests/s, evenly spaced\n"
+	"  poisson  --rate R requests/s, exponential gaps\n"
+	"  trace    the trace's timestamps divided by --speedup X (1), one pass\n"
+	"Open-loop latency is measured from each request's scheduled time (no coordinated\n"
+	"omission); the send lag behind it is reported. Default: closed loop, 5 s.\n"
+	"--spin-us N: poll instead of sleeping within N us of an arrival (less lag, a CPU\n"
+	"busy). --csv: a row per request. --plot: gnuplot data, script and PNGs in DIR.\n"
+	"--progress: a line a second on stderr (the default when stderr is a terminal).\n";
+
+/* A number in [@min, @max], or in (0, @max] when @min is 0 and @zero_ok false. */
+static int parse_real(const char *name, const char *s, double min, double max, bool zero_ok,
+		      double *out)
 {
-	const char *p;
-	uint32_t cap = 0;
+	char *end;
+	double v;
 
-	p = strstr(line, "\"timestamp\":");
-	r->at_ns = p ? (uint64_t)(strtod(p + 12, NULL) * 1e6) : 0;
-	p = strstr(line, "\"input_length\":");
-	if (!p)
-		return -1;
-	r->input = (uint32_t)strtoul(p + 15, NULL, 10);
-	p = strstr(line, "\"output_length\":");
-	r->output = p ? (uint32_t)strtoul(p + 16, NULL, 10) : 16;
-	p = strstr(line, "\"hash_ids\":");
-	if (!p || !(p = strchr(p, '[')))
-		return -1;
-	r->nids = 0;
-	r->ids = NULL;
-	for (p++; *p && *p != ']';) {
-		char *end;
-		unsigned long v = strtoul(p, &end, 10);
-
-		if (end == p)
-			return -1;
-		if (r->nids == cap) {
-			uint32_t *n = realloc(r->ids, (cap = cap ? 2 * cap : 64) * sizeof(*n));
-
-			if (!n)
-				return -1;
-			r->ids = n;
-		}
-		r->ids[r->nids++] = (uint32_t)v;
-		p = end;
-		while (*p == ',' || *p == ' ')
-			p++;
-	}
-	if (r->input > r->nids * TRACE_BLOCK)
-		r->input = r->nids * TRACE_BLOCK;
-	return r->input ? 0 : -1;
-}
-
-static int load_trace(struct load *l)
-{
-	FILE *f = fopen(l->o.trace, "r");
-	char *line = NULL;
-	size_t cap = 0, lineno = 0;
-	uint32_t rcap = 0;
-
-	if (!f) {
-		fprintf(stderr, "pdbench load: %s: %s\n", l->o.trace, strerror(errno));
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(v) || v < min || v > max || (!zero_ok && !v)) {
+		fprintf(stderr, "pdbench load: --%s wants a number in %s%g, %g], not '%s'\n", name,
+			zero_ok ? "[" : "(", min, max, s);
 		return -EINVAL;
 	}
-	while (getline(&line, &cap, f) > 0) {
-		lineno++;
-		if (l->nreqs == rcap) {
-			struct trace_req *n = realloc(l->reqs, (rcap = rcap ? 2 * rcap : 1024) *
-								   sizeof(*n));
-			if (!n)
-				break;
-			l->reqs = n;
-		}
-		if (parse_trace_line(line, &l->reqs[l->nreqs])) {
-			fprintf(stderr, "pdbench load: %s:%zu: not a trace record\n", l->o.trace,
-				lineno);
-			free(line);
-			fclose(f);
-			return -EINVAL;
-		}
-		if (l->o.max_input && l->reqs[l->nreqs].input > l->o.max_input) {
-			free(l->reqs[l->nreqs].ids);
-			l->skipped++;
-			continue;
-		}
-		l->nreqs++;
-	}
-	free(line);
-	fclose(f);
-	return l->nreqs ? 0 : -EINVAL;
-}
-
-/* Synthetic: --prefixes shared prefixes of half the prompt, then a unique tail. */
-static int make_synthetic(struct load *l)
-{
-	uint32_t blocks = (l->o.prompt_tokens + TRACE_BLOCK - 1) / TRACE_BLOCK;
-
-	l->nreqs = 4096;
-	l->reqs = calloc(l->nreqs, sizeof(*l->reqs));
-	if (!l->reqs)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < l->nreqs; i++) {
-		struct trace_req *r = &l->reqs[i];
-
-		r->input = l->o.prompt_tokens;
-		r->output = 16;
-		r->nids = blocks;
-		r->ids = malloc(blocks * sizeof(*r->ids));
-		if (!r->ids)
-			return -ENOMEM;
-		for (uint32_t b = 0; b < blocks; b++)
-			r->ids[b] = b < blocks / 2 ? (i % l->o.prefixes) * 1000000 + b
-						   : 100000000 + i * blocks + b;
-	}
+	*out = v;
 	return 0;
 }
 
-/* ---- connections ---- */
-
-static int connect_router(const char *addr)
+static int parse_enum(const char *name, const char *s, int rc)
 {
-	int fd;
+	if (rc)
+		fprintf(stderr, "pdbench load: --%s: unknown value '%s'\n", name, s);
+	return rc;
+}
 
-	if (!strncmp(addr, "unix:", 5) || addr[0] == '/') {
-		struct sockaddr_un un = {.sun_family = AF_UNIX};
-		const char *path = addr[0] == '/' ? addr : addr + 5;
+static const struct option long_opts[] = {
+	{"router", 1, 0, 'r'}, {"admin", 1, 0, 'a'}, {"trace", 1, 0, 't'},
+	{"speedup", 1, 0, 'x'}, {"rate", 1, 0, 'R'}, {"concurrency", 1, 0, 'c'},
+	{"duration", 1, 0, 'd'}, {"requests", 1, 0, 'n'}, {"model", 1, 0, 'm'},
+	{"max-tokens", 1, 0, 'M'}, {"connections", 1, 0, 'C'}, {"stream", 0, 0, 's'},
+	{"peek", 0, 0, 'p'}, {"prompt-tokens", 1, 0, 'P'}, {"prefixes", 1, 0, 'F'},
+	{"max-input", 1, 0, 'I'}, {"json", 0, 0, 'j'}, {"help", 0, 0, 'h'},
+	{"schedule", 1, 0, 'S'}, {"prefix-ratio", 1, 0, 'X'}, {"prompt-dist", 1, 0, 'D'},
+	{"output-tokens", 1, 0, 'O'}, {"output-dist", 1, 0, 'E'}, {"seed", 1, 0, 'e'},
+	{"csv", 1, 0, 'V'}, {"plot", 1, 0, 'G'}, {"progress", 0, 0, 'g'},
+	{"io", 1, 0, 'i'}, {"spin-us", 1, 0, 'w'}, {0}};
 
-		snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0 || connect(fd, (struct sockaddr *)&un, sizeof(un)))
-			goto fail;
-	} else {
-		struct pdc_client *c;
-		int rc = pdc_connect(addr, &c);
+/* One option; 0, -EINVAL (printed) or 1 for --help. */
+static int parse_one(int c, struct load_opts *o)
+{
+	struct load_synth *y = &o->synth;
 
-		if (rc) {
-			errno = -rc;
-			return -1;
-		}
-		fd = dup(pdc_fd(c)); /* libpdclient resolves and tunes it; we drive it ourselves */
-		pdc_close(c);
+	o->synth_set |= c && strchr("PFXDOE", c);
+	switch (c) {
+	case 'r': o->router = optarg; return 0;
+	case 'a': o->admin = optarg; return 0;
+	case 't': o->trace = optarg; return 0;
+	case 'm': o->model = optarg; return 0;
+	case 'V': o->csv = optarg; return 0;
+	case 'G': o->plot = optarg; return 0;
+	case 's': o->stream = true; return 0;
+	case 'p': o->peek = true; return 0;
+	case 'j': o->json = true; return 0;
+	case 'g': o->progress = true; return 0;
+	case 'x': return parse_real("speedup", optarg, 0, 1e9, false, &o->speedup);
+	case 'R': return parse_real("rate", optarg, 0, 1e9, false, &o->rate);
+	case 'X': return parse_real("prefix-ratio", optarg, 0, 1, true, &y->prefix_ratio);
+	case 'd': return bench_parse_seconds("duration", optarg, &o->duration);
+	case 'c': return bench_parse_u32("concurrency", optarg, 1, 1 << 20, &o->concurrency);
+	case 'n': return bench_parse_u32("requests", optarg, 1, 1u << 30, &o->requests);
+	case 'M': return bench_parse_u32("max-tokens", optarg, 1, 1 << 20, &o->max_tokens);
+	case 'C': return bench_parse_u32("connections", optarg, 1, LOAD_MAX_CONNS, &o->connections);
+	case 'P': return bench_parse_u32("prompt-tokens", optarg, 1, 1 << 20, &y->prompt_mean);
+	case 'O': return bench_parse_u32("output-tokens", optarg, 1, 1 << 20, &y->output_mean);
+	case 'F': return bench_parse_u32("prefixes", optarg, 1, 1 << 20, &y->prefixes);
+	case 'I': return bench_parse_u32("max-input", optarg, 1, 1 << 30, &o->max_input);
+	case 'e': return bench_parse_u32("seed", optarg, 0, UINT32_MAX, &o->seed);
+	case 'w': return bench_parse_u32("spin-us", optarg, 0, 10000, &o->spin_us);
+	case 'D': return parse_enum("prompt-dist", optarg,
+				    load_dist_parse(optarg, &y->prompt_dist));
+	case 'E': return parse_enum("output-dist", optarg,
+				    load_dist_parse(optarg, &y->output_dist));
+	case 'S':
+		o->sched_set = true;
+		return parse_enum("schedule", optarg, load_sched_parse(optarg, &o->sched));
+	case 'i':
+		o->io = !strcmp(optarg, "uring") ? LOAD_IO_URING
+			: !strcmp(optarg, "poll") ? LOAD_IO_POLL : LOAD_IO_AUTO;
+		return parse_enum("io", optarg, o->io || !strcmp(optarg, "auto") ? 0 : -EINVAL);
+	case 'h': return 1;
+	default: return -EINVAL;
 	}
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-	return fd;
-fail:
-	if (fd >= 0)
-		close(fd);
-	return -1;
 }
 
-static int reserve(uint8_t **p, size_t *cap, size_t need)
+/* The schedule the flags ask for, and whether they agree with each other. */
+static int check(struct load_opts *o)
 {
-	if (need <= *cap)
-		return 0;
-	size_t n = *cap ? *cap : 65536;
+	const char *why = NULL;
 
-	while (n < need)
-		n *= 2;
-	uint8_t *q = realloc(*p, n);
+	if (!o->sched_set)
+		o->sched = o->speedup > 0 ? LOAD_SCHED_TRACE
+			   : o->rate > 0  ? LOAD_SCHED_POISSON
+					  : LOAD_SCHED_CLOSED;
+	if (o->sched == LOAD_SCHED_TRACE && !o->speedup)
+		o->speedup = 1;
+	if (!o->router)
+		why = "--router is required";
+	else if ((o->sched == LOAD_SCHED_FIXED || o->sched == LOAD_SCHED_POISSON) && !(o->rate > 0))
+		why = "--schedule fixed and poisson need --rate";
+	else if (o->rate > 0 && o->sched != LOAD_SCHED_FIXED && o->sched != LOAD_SCHED_POISSON)
+		why = "--rate goes with --schedule fixed or poisson";
+	else if (o->sched == LOAD_SCHED_TRACE && !o->trace)
+		why = "--schedule trace needs --trace";
+	else if (o->speedup > 0 && o->sched != LOAD_SCHED_TRACE)
+		why = "--speedup goes with --schedule trace";
+	else if (o->trace && o->synth_set)
+		why = "the synthetic workload's options do not go with --trace";
+	if (why)
+		fprintf(stderr, "pdbench load: %s\n", why);
+	return why ? -EINVAL : 0;
+}
 
-	if (!q)
+/* 0, 1 for --help, or -EINVAL. */
+static int parse(int argc, char **argv, struct load_opts *o)
+{
+	int c, rc;
+
+	*o = (struct load_opts){.model = "pdmock", .duration = 5, .concurrency = 8,
+				.connections = 4, .seed = 1, .progress = isatty(STDERR_FILENO),
+				.synth = {.prefix_ratio = 0.5, .prefixes = 8, .prompt_mean = 2048,
+					  .output_mean = 16}};
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1)
+		if ((rc = parse_one(c, o)))
+			return rc;
+	if (optind < argc) {
+		fprintf(stderr, "pdbench load: unexpected argument '%s'\n", argv[optind]);
+		return -EINVAL;
+	}
+	o->synth.seed = o->seed;
+	return check(o);
+}
+
+/* ---- the run ---- */
+
+/* Queue request @id, due at @sched (0: now, closed loop). Returns 0 or -ENOMEM. */
+static int send_one(struct load *l, uint64_t id, uint64_t sched)
+{
+	struct load_rec *r = load_vec_push(&l->recs);
+	struct load_prompt p;
+	struct pdc_request_args a;
+	uint32_t k = (uint32_t)(id % l->o.connections);
+	uint8_t *buf;
+	size_t len;
+
+	if (!r)
 		return -ENOMEM;
-	*p = q;
-	*cap = n;
-	return 0;
-}
-
-/* Queue request number @k (of the workload) on a connection. */
-static int send_request(struct load *l, uint64_t id)
-{
-	const struct trace_req *r = &l->reqs[l->next_req++ % l->nreqs];
-	struct lconn *c = &l->conns[id % l->o.connections];
-	struct pdc_request_args a = {.id = id, .model = l->o.model, .tokens = l->tokbuf,
-				     .ntokens = r->input,
-				     .max_tokens = l->o.max_tokens ? l->o.max_tokens : r->output,
-				     .flags = (l->o.stream ? PDC_STREAM : 0) |
-					      (l->o.peek ? PDC_PEEK : 0)};
-	long n;
-
-	if (!a.max_tokens)
-		a.max_tokens = 1;
+	if (l->o.trace)
+		load_trace_prompt(&l->trace.reqs[(id - 1) % l->trace.n], &p);
+	else
+		load_synth_prompt(&l->o.synth, id, &p);
+	load_prompt_tokens(&p, l->o.seed, l->tokbuf);
+	a = (struct pdc_request_args){
+		.id = id, .model = l->o.model, .tokens = l->tokbuf, .ntokens = p.input,
+		.max_tokens = l->o.max_tokens ? l->o.max_tokens : p.output ? p.output : 1,
+		.flags = (l->o.stream ? PDC_STREAM : 0) | (l->o.peek ? PDC_PEEK : 0)};
 	pdc_request_defaults(&a.fixed);
-	for (uint32_t t = 0; t < r->input; t++) /* equal hash ids, equal tokens */
-		l->tokbuf[t] = r->ids[t / TRACE_BLOCK] * TRACE_BLOCK + t % TRACE_BLOCK;
-	if (reserve(&c->out, &c->out_cap, c->out_len + pdc_request_bytes(&a)))
+	len = pdc_request_bytes(&a);
+	buf = load_io_reserve(&l->io, k, len);
+	if (!buf || pdc_request_encode(buf, len, &a) != (long)len)
 		return -ENOMEM;
-	n = pdc_request_encode(c->out + c->out_len, c->out_cap - c->out_len, &a);
-	if (n < 0)
-		return (int)n;
-	c->out_len += (size_t)n;
-	if (id >= l->cap_track) {
-		uint64_t cap = l->cap_track ? 2 * l->cap_track : 1 << 16;
-		struct track *t = realloc(l->track, cap * sizeof(*t));
-
-		if (!t)
-			return -ENOMEM;
-		memset(t + l->cap_track, 0, (cap - l->cap_track) * sizeof(*t));
-		l->track = t;
-		l->cap_track = cap;
-	}
-	l->track[id] = (struct track){.sent = bench_now_ns(), .prompt = r->input, .state = 1};
-	l->ntrack = id + 1;
+	load_io_commit(&l->io, k, len);
+	r->sent = bench_now_ns();
+	r->sched = sched ? sched : r->sent;
+	r->prompt = p.input;
+	r->state = LOAD_FLIGHT;
+	if (r->sent - r->sched > l->prog.lag_max)
+		l->prog.lag_max = r->sent - r->sched;
 	l->inflight++;
 	return 0;
 }
 
-static void on_event(struct load *l, const struct pdc_event *ev)
+static void finish(struct load *l, struct load_rec *r, uint64_t now, uint8_t state)
 {
-	struct track *t = ev->id < l->ntrack ? &l->track[ev->id] : NULL;
-	uint64_t now = bench_now_ns();
+	r->done = now;
+	r->state = state;
+	l->inflight--;
+	*(state == LOAD_DONE ? &l->completed : &l->errors) += 1;
+}
 
-	if (!t || t->state != 1)
+/* An answer: its time goes into its request's record; a gap between TOKENS frames is ITL. */
+static void on_event(void *arg, const struct pdc_event *ev, uint64_t now)
+{
+	struct load *l = arg;
+	struct load_rec *r = ev->id ? load_vec_at(&l->recs, ev->id - 1) : NULL;
+	uint64_t *gap;
+
+	if (!r || r->state != LOAD_FLIGHT)
 		return;
 	switch (ev->type) {
 	case PDC_ROUTED:
-		t->routed = now;
-		t->plan = (uint8_t)ev->routed.plan;
-		if (l->o.peek) {
-			t->done = now;
-			t->state = 2;
-			l->inflight--;
-			l->completed++;
-		}
+		r->routed = now;
+		r->plan = (uint8_t)ev->routed.plan;
+		if (l->o.peek)
+			finish(l, r, now, LOAD_DONE);
 		break;
 	case PDC_TOKENS:
-		if (!t->first)
-			t->first = now;
+		if (r->last && (gap = load_vec_push(&l->gaps)))
+			*gap = now - r->last;
+		r->first = r->first ? r->first : now;
+		r->last = now;
+		r->output += ev->tokens.n;
 		l->tokens += ev->tokens.n;
 		break;
 	case PDC_DONE:
-		t->done = now;
-		t->cached = ev->done.cached_tokens;
-		t->state = 2;
-		l->inflight--;
-		l->completed++;
+		r->cached = ev->done.cached_tokens;
+		finish(l, r, now, LOAD_DONE);
 		break;
 	case PDC_ERROR:
-		t->state = 3;
-		l->inflight--;
-		l->errors++;
-		l->err_count[-ev->error.error < ERR_CODES ? -ev->error.error : 0]++;
+		r->error = ev->error.error;
+		finish(l, r, now, LOAD_ERROR);
 		break;
 	}
 }
 
-/* Read and handle what connection @c has. Returns 0 or -1 (the router closed it). */
-static int pump_in(struct load *l, struct lconn *c)
+static void progress(struct load *l, uint64_t now)
 {
+	double dt = (double)(now - l->prog.at) / 1e9;
+
+	fprintf(stderr, "pdbench load: %6.1f s  %" PRIu64 " sent, %" PRIu64 " done, %" PRIu64
+			" errors, %" PRIu64 " in flight; last %.1f s: %.0f req/s, %.0f tokens/s, "
+			"send lag max %.1f us\n",
+		(double)(now - l->start) / 1e9, (uint64_t)l->recs.n, l->completed, l->errors,
+		l->inflight, dt, (double)(l->completed - l->prog.completed) / dt,
+		(double)(l->tokens - l->prog.tokens) / dt, (double)l->prog.lag_max / 1e3);
+	l->prog.at = now;
+	l->prog.completed = l->completed;
+	l->prog.tokens = l->tokens;
+	l->prog.lag_max = 0;
+}
+
+/* How long the run may sleep: until the next arrival, the next progress line or the end.
+ * Within --spin-us of an arrival it does not sleep at all, and so does not wait for the
+ * scheduler to wake it (tens of us on a busy machine); it takes a CPU for that. */
+static uint64_t wait_ns(const struct load *l, uint64_t now, uint64_t due, bool sending)
+{
+	uint64_t t = IDLE_WAIT_NS, end = l->start + (uint64_t)(l->o.duration * 1e9);
+
+	if (sending && l->o.sched != LOAD_SCHED_CLOSED)
+		t = due > now + l->o.spin_us * 1000ull ? due - now - l->o.spin_us * 1000ull : 0;
+	else if (sending && l->inflight < l->o.concurrency)
+		t = 0;
+	if (sending && end > now && end - now < t)
+		t = end - now;
+	if (l->o.progress && l->prog.at + PROGRESS_NS > now && l->prog.at + PROGRESS_NS - now < t)
+		t = l->prog.at + PROGRESS_NS - now;
+	return t;
+}
+
+/* Send what is due and take answers until the schedule ends and every answer is in (or
+ * DRAIN_NS more has passed). An open-loop run sends every arrival due within --duration, even
+ * one it wakes up for late; a closed loop sends until --duration has passed. Returns 0, or a
+ * negative errno that ended it early (printed). */
+static int run(struct load *l)
+{
+	uint64_t dur = (uint64_t)(l->o.duration * 1e9), end = l->start + dur, id = 1, off, now;
+	bool open = l->o.sched != LOAD_SCHED_CLOSED;
+	int rc = 0;
+
+	off = open ? load_sched_next(&l->sched) : 0;
 	for (;;) {
-		ssize_t n;
-		size_t off = 0;
+		bool sending;
 
-		if (reserve(&c->in, &c->in_cap, c->in_len + 65536))
-			return -1;
-		n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
-		if (n == 0)
-			return -1;
-		if (n < 0)
-			return errno == EAGAIN ? 0 : -1;
-		c->in_len += (size_t)n;
-		for (;;) {
-			long len = dp_frame_length(c->in + off, c->in_len - off, 64u << 20);
-			struct pdc_event ev;
-
-			if (len < 0)
-				return -1;
-			if (!len || (size_t)len > c->in_len - off)
+		now = bench_now_ns();
+		if (l->o.progress && now >= l->prog.at + PROGRESS_NS)
+			progress(l, now);
+		sending = (open ? off < dur : now < end) && (!l->o.requests || id <= l->o.requests);
+		if ((!sending && !l->inflight) || now > end + DRAIN_NS)
+			break;
+		while (sending && (open ? l->start + off <= now : l->inflight < l->o.concurrency)) {
+			if ((rc = send_one(l, id++, open ? l->start + off : 0)))
 				break;
-			if (pdc_event_decode(c->in + off, (size_t)len, &ev))
-				return -1;
-			if (ev.type == PDC_ERROR && ev.id == 0) {
-				fprintf(stderr, "pdbench load: router closed a connection: %.*s\n",
-					(int)ev.error.len, ev.error.msg);
-				return -1;
-			}
-			on_event(l, &ev);
-			off += (size_t)len;
+			off = open ? load_sched_next(&l->sched) : 0;
+			sending = (!open || off < dur) && (!l->o.requests || id <= l->o.requests);
 		}
-		memmove(c->in, c->in + off, c->in_len - off);
-		c->in_len -= off;
+		if (rc || (rc = load_io_run(&l->io, wait_ns(l, bench_now_ns(), l->start + off,
+							      sending), on_event, l)))
+			break;
+	}
+	if (rc)
+		fprintf(stderr, "pdbench load: the run stopped early: %s\n", strerror(-rc));
+	else if (l->inflight)
+		fprintf(stderr, "pdbench load: %" PRIu64 " requests unanswered %.0f s after the "
+				"end\n", l->inflight, DRAIN_NS / 1e9);
+	return rc;
+}
+
+/* ---- setup and results ---- */
+
+static int setup(struct load *l)
+{
+	uint32_t max_in = load_dist_max(l->o.synth.prompt_dist, l->o.synth.prompt_mean);
+
+	if (l->o.trace) {
+		if (load_trace_read(l->o.trace, l->o.max_input, &l->trace))
+			return -EINVAL;
+		if (l->trace.skipped)
+			fprintf(stderr, "pdbench load: %u trace records over --max-input %u tokens "
+					"skipped\n", l->trace.skipped, l->o.max_input);
+		max_in = 0;
+		for (uint32_t i = 0; i < l->trace.n; i++)
+			max_in = l->trace.reqs[i].input > max_in ? l->trace.reqs[i].input : max_in;
+	}
+	l->tokbuf = malloc(max_in * sizeof(*l->tokbuf));
+	if (!l->tokbuf)
+		return -ENOMEM;
+	load_sched_init(&l->sched, l->o.sched, l->o.rate, l->o.speedup, &l->trace, l->o.seed);
+	l->recs.size = sizeof(struct load_rec);
+	l->gaps.size = sizeof(uint64_t);
+	prctl(PR_SET_TIMERSLACK, 1UL); /* wake at the arrival, not up to 50 us after it */
+	return load_io_init(&l->io, l->o.router, l->o.connections, l->o.io);
+}
+
+/* The router's histograms over the run: @h1 - @h0. */
+static void router_delta(struct load_router *rt, uint64_t (*h0)[DP_HIST_BUCKETS],
+			 uint64_t (*h1)[DP_HIST_BUCKETS])
+{
+	for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++) {
+		rt->in[b] = h1[0][b] - h0[0][b];
+		rt->out[b] = h1[1][b] - h0[1][b];
+		rt->route[b] = h1[2][b] - h0[2][b];
 	}
 }
 
-static int pump_out(struct lconn *c)
+static int write_csv(const char *path, const struct load_rec *r, size_t n, uint64_t start)
 {
-	while (c->out_off < c->out_len) {
-		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+	FILE *f = fopen(path, "w");
+	int bad;
 
-		if (n < 0)
-			return errno == EAGAIN ? 0 : -1;
-		c->out_off += (size_t)n;
+	if (!f) {
+		fprintf(stderr, "pdbench load: --csv %s: %s\n", path, strerror(errno));
+		return -EIO;
 	}
-	c->out_off = c->out_len = 0;
-	return 0;
-}
-
-/* ---- the router's own latency, over the admin socket ---- */
-
-/* The router's histograms: [0] in, [1] out, [2] route (DP_HIST_BUCKETS each). */
-static int admin_hist(const char *path, uint64_t (*h)[DP_HIST_BUCKETS])
-{
-	struct sockaddr_un un = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	char *buf = NULL, *p;
-	size_t len = 0, cap = 0;
-	ssize_t n;
-
-	snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&un, sizeof(un)) ||
-	    send(fd, "counters\n", 9, MSG_NOSIGNAL) != 9)
-		goto fail;
-	do {
-		if (len + 65536 > cap && reserve((uint8_t **)&buf, &cap, len + 65537))
-			goto fail;
-		n = recv(fd, buf + len, cap - len - 1, 0);
-		len += n > 0 ? (size_t)n : 0;
-	} while (n > 0);
-	buf[len] = 0;
-	close(fd);
-	for (int k = 0; k < 3; k++) {
-		static const char *const key[3] = {"\"in_hist\":[", "\"out_hist\":[",
-						   "\"route_hist\":["};
-		uint64_t *v = h[k];
-
-		memset(v, 0, DP_HIST_BUCKETS * sizeof(*v));
-		p = strstr(buf, key[k]);
-		if (!p)
-			goto fail_buf;
-		p = strchr(p, '[') + 1;
-		for (uint32_t b = 0; b < DP_HIST_BUCKETS && *p != ']'; b++) {
-			v[b] = strtoull(p, &p, 10);
-			if (*p == ',')
-				p++;
-		}
-	}
-	free(buf);
-	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-fail_buf:
-	free(buf);
-	return -1;
-}
-
-/* ---- report ---- */
-
-static void report(struct load *l, uint64_t elapsed_ns, uint64_t (*h0)[DP_HIST_BUCKETS],
-		   uint64_t (*h1)[DP_HIST_BUCKETS], bool have_router)
-{
-	uint64_t *routed = malloc(l->ntrack * sizeof(uint64_t)),
-		 *ttft = malloc(l->ntrack * sizeof(uint64_t)),
-		 *e2e = malloc(l->ntrack * sizeof(uint64_t));
-	size_t nr = 0, nt = 0, ne = 0;
-	uint64_t prompt = 0, cached = 0, plans[4] = {0}, d[3][DP_HIST_BUCKETS];
-	double secs = (double)elapsed_ns / 1e9;
-
-	for (uint64_t i = 1; i < l->ntrack && routed && ttft && e2e; i++) {
-		const struct track *t = &l->track[i];
-
-		if (t->state != 2)
-			continue;
-		if (t->routed)
-			routed[nr++] = t->routed - t->sent;
-		if (t->first)
-			ttft[nt++] = t->first - t->sent;
-		e2e[ne++] = t->done - t->sent;
-		prompt += t->prompt;
-		cached += t->cached;
-		plans[t->plan & 3]++;
-	}
-	bench_sort_u64(routed, nr);
-	bench_sort_u64(ttft, nt);
-	bench_sort_u64(e2e, ne);
-	for (uint32_t b = 0; b < DP_HIST_BUCKETS && have_router; b++)
-		for (int k = 0; k < 3; k++)
-			d[k][b] = h1[k][b] - h0[k][b];
-#define US(v) ((double)(v) / 1e3)
-	if (l->o.json) {
-		printf("{\"bench\":\"load\",\"seconds\":%.3f,\"sent\":%" PRIu64 ",\"completed\":%" PRIu64
-		       ",\"errors\":%" PRIu64 ",\"requests_per_s\":%.1f,\"tokens_per_s\":%.1f,"
-		       "\"routed_p50_us\":%.1f,\"routed_p99_us\":%.1f,\"ttft_p50_us\":%.1f,"
-		       "\"ttft_p99_us\":%.1f,\"e2e_p50_us\":%.1f,\"e2e_p99_us\":%.1f,"
-		       "\"kv_hit_rate\":%.4f,\"disagg\":%" PRIu64 ",\"fallback\":%" PRIu64
-		       ",\"aggregated\":%" PRIu64,
-		       secs, l->ntrack ? l->ntrack - 1 : 0, l->completed, l->errors,
-		       (double)l->completed / secs, (double)l->tokens / secs,
-		       US(bench_pct(routed, nr, 500)), US(bench_pct(routed, nr, 990)),
-		       US(bench_pct(ttft, nt, 500)), US(bench_pct(ttft, nt, 990)),
-		       US(bench_pct(e2e, ne, 500)), US(bench_pct(e2e, ne, 990)),
-		       prompt ? (double)cached / (double)prompt : 0.0, plans[PDC_PLAN_DISAGG],
-		       plans[PDC_PLAN_FALLBACK], plans[PDC_PLAN_AGGREGATED]);
-		if (have_router)
-			printf(",\"router_route_p50_us\":%.2f,\"router_route_p99_us\":%.2f,"
-			       "\"router_in_p50_us\":%.2f,\"router_in_p99_us\":%.2f,"
-			       "\"router_out_p50_us\":%.2f,\"router_out_p99_us\":%.2f",
-			       US(dp_hist_quantile(d[2], 0.5)), US(dp_hist_quantile(d[2], 0.99)),
-			       US(dp_hist_quantile(d[0], 0.5)), US(dp_hist_quantile(d[0], 0.99)),
-			       US(dp_hist_quantile(d[1], 0.5)), US(dp_hist_quantile(d[1], 0.99)));
-		printf("}\n");
-	} else {
-		printf("requests: %" PRIu64 " sent, %" PRIu64 " completed, %" PRIu64
-		       " errors in %.2f s: %.0f req/s, %.0f tokens/s\n",
-		       l->ntrack ? l->ntrack - 1 : 0, l->completed, l->errors, secs,
-		       (double)l->completed / secs, (double)l->tokens / secs);
-		if (have_router)
-			printf("routing decision (router, rt_route):       p50 %.2f us  p99 %.2f us\n",
-			       US(dp_hist_quantile(d[2], 0.5)), US(dp_hist_quantile(d[2], 0.99)));
-		printf("client send -> ROUTED (after any prefill): p50 %.1f us  p99 %.1f us\n",
-		       US(bench_pct(routed, nr, 500)), US(bench_pct(routed, nr, 990)));
-		if (nt)
-			printf("time to first token:                      p50 %.1f us  p99 %.1f us\n",
-			       US(bench_pct(ttft, nt, 500)), US(bench_pct(ttft, nt, 990)));
-		printf("end to end:                               p50 %.1f us  p99 %.1f us\n",
-		       US(bench_pct(e2e, ne, 500)), US(bench_pct(e2e, ne, 990)));
-		if (have_router) {
-			printf("router hand-off in (frame -> worker ring): p50 %.2f us  p99 %.2f us\n",
-			       US(dp_hist_quantile(d[0], 0.5)), US(dp_hist_quantile(d[0], 0.99)));
-			printf("router hand-off out (worker -> frame sent): p50 %.2f us  p99 %.2f us\n",
-			       US(dp_hist_quantile(d[1], 0.5)), US(dp_hist_quantile(d[1], 0.99)));
-		}
-		printf("KV hit rate: %.1f%% of prompt tokens cached\n",
-		       prompt ? 100.0 * (double)cached / (double)prompt : 0.0);
-		printf("plans: %" PRIu64 " disaggregated, %" PRIu64 " fallback (decode-only), %" PRIu64
-		       " aggregated\n", plans[PDC_PLAN_DISAGG], plans[PDC_PLAN_FALLBACK],
-		       plans[PDC_PLAN_AGGREGATED]);
-		for (int e = 0; e < ERR_CODES; e++)
-			if (l->err_count[e])
-				printf("errors: %" PRIu64 " x %s (-%d)\n", l->err_count[e],
-				       strerror(e), e);
-	}
-	free(routed);
-	free(ttft);
-	free(e2e);
-}
-
-/* ---- main ---- */
-
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: pdbench load --router ADDR [--admin PATH] [--trace FILE [--speedup X]]\n"
-		"                    [--rate R | --concurrency N] [--duration S] [--requests N]\n"
-		"                    [--model NAME] [--max-tokens N] [--connections N] [--stream]\n"
-		"                    [--peek] [--prompt-tokens N] [--prefixes N] [--max-input N]\n"
-		"                    [--json]\n"
-		"Drives a running pdrouter (ADDR: unix:PATH or HOST:PORT) and reports client\n"
-		"latency, throughput and KV hit rate; with --admin, the router's own added latency.\n"
-		"Default: closed loop, --concurrency 8, 5 s, synthetic 2048-token prompts.\n");
-}
-
-static int parse(int argc, char **argv, struct load_opts *o)
-{
-	static const struct option opts[] = {
-		{"router", 1, 0, 'r'}, {"admin", 1, 0, 'a'}, {"trace", 1, 0, 't'},
-		{"speedup", 1, 0, 'x'}, {"rate", 1, 0, 'R'}, {"concurrency", 1, 0, 'c'},
-		{"duration", 1, 0, 'd'}, {"requests", 1, 0, 'n'}, {"model", 1, 0, 'm'},
-		{"max-tokens", 1, 0, 'M'}, {"connections", 1, 0, 'C'}, {"stream", 0, 0, 's'},
-		{"peek", 0, 0, 'p'}, {"prompt-tokens", 1, 0, 'P'}, {"prefixes", 1, 0, 'F'},
-		{"max-input", 1, 0, 'I'}, {"json", 0, 0, 'j'}, {"help", 0, 0, 'h'}, {0}};
-	int c;
-
-	*o = (struct load_opts){.model = "pdmock", .duration = 5, .concurrency = 8,
-				.connections = 4, .prompt_tokens = 2048, .prefixes = 8};
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		int rc = 0;
-
-		switch (c) {
-		case 'r': o->router = optarg; break;
-		case 'a': o->admin = optarg; break;
-		case 't': o->trace = optarg; break;
-		case 'm': o->model = optarg; break;
-		case 's': o->stream = true; break;
-		case 'p': o->peek = true; break;
-		case 'j': o->json = true; break;
-		case 'x': rc = bench_parse_seconds("speedup", optarg, &o->speedup); break;
-		case 'R': rc = bench_parse_seconds("rate", optarg, &o->rate); break;
-		case 'd': rc = bench_parse_seconds("duration", optarg, &o->duration); break;
-		case 'c': rc = bench_parse_u32("concurrency", optarg, 1, 1 << 20, &o->concurrency);
-			break;
-		case 'n': rc = bench_parse_u32("requests", optarg, 1, 1u << 30, &o->requests);
-			break;
-		case 'M': rc = bench_parse_u32("max-tokens", optarg, 1, 1 << 20, &o->max_tokens);
-			break;
-		case 'C': rc = bench_parse_u32("connections", optarg, 1, MAX_CONNS,
-					       &o->connections);
-			break;
-		case 'P': rc = bench_parse_u32("prompt-tokens", optarg, 1, 1 << 20,
-					       &o->prompt_tokens);
-			break;
-		case 'F': rc = bench_parse_u32("prefixes", optarg, 1, 1 << 20, &o->prefixes);
-			break;
-		case 'I': rc = bench_parse_u32("max-input", optarg, 1, 1 << 30, &o->max_input);
-			break;
-		case 'h': usage(stdout); exit(0);
-		default: usage(stderr); return -EINVAL;
-		}
-		if (rc)
-			return rc;
-	}
-	if (!o->router) {
-		fprintf(stderr, "pdbench load: --router is required\n");
-		usage(stderr);
-		return -EINVAL;
+	load_report_csv(f, r, n, start);
+	bad = ferror(f);
+	if (fclose(f) || bad) {
+		fprintf(stderr, "pdbench load: writing %s failed\n", path);
+		return -EIO;
 	}
 	return 0;
 }
 
-/* The next arrival: Poisson at --rate, the trace's clock with --speedup, else none. */
-static uint64_t next_arrival(struct load *l, uint64_t start, uint64_t prev)
+/* Summary, report and files. Returns 0, or -EIO when a file could not be written. */
+static int results(struct load *l, const struct load_router *rt, uint64_t elapsed)
 {
-	if (l->o.speedup > 0)
-		return start + (uint64_t)((double)l->reqs[l->next_req % l->nreqs].at_ns /
-					  l->o.speedup); /* one pass of the trace */
-	l->rng = l->rng * 6364136223846793005ull + 1442695040888963407ull;
-	return prev + (uint64_t)(-log(((double)(l->rng >> 11) + 0.5) / 9007199254740992.0) /
-				 l->o.rate * 1e9);
+	struct load_rec *r = load_vec_flat(&l->recs);
+	uint64_t *gaps = load_vec_flat(&l->gaps), *scratch = malloc((l->recs.n + 1) * 8);
+	struct load_info info = {.sched = l->o.sched, .rate = l->o.rate, .speedup = l->o.speedup,
+				 .connections = l->o.connections, .concurrency = l->o.concurrency,
+				 .io = l->io.uring ? "io_uring" : "poll",
+				 .source = l->o.trace ? l->o.trace : "synthetic"};
+	struct load_summary s;
+	int rc = 0, plot;
+
+	if (!r || !gaps || !scratch) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	load_summarize(r, l->recs.n, gaps, l->gaps.n, scratch, elapsed, &s);
+	if (l->o.json)
+		load_report_json(stdout, &info, &s, rt);
+	else
+		load_report_text(stdout, &info, &s, rt);
+	fflush(stdout);
+	if (l->o.csv && write_csv(l->o.csv, r, l->recs.n, l->start))
+		rc = -EIO;
+	/* No gnuplot is no failure: plots are an extra, and the data is written all the same. */
+	if (l->o.plot && (plot = load_plot(l->o.plot, r, l->recs.n, gaps, l->gaps.n, l->start)) &&
+	    plot != -ENOENT)
+		rc = rc ? rc : -EIO;
+out:
+	free(r);
+	free(gaps);
+	free(scratch);
+	return rc;
 }
 
 int bench_load_main(int argc, char **argv)
 {
 	static struct load l;
 	static uint64_t h0[3][DP_HIST_BUCKETS], h1[3][DP_HIST_BUCKETS];
-	struct pollfd pfd[MAX_CONNS];
-	uint64_t start, end, next, id = 1, max_in = 0, wait_ns;
-	bool have_router, open_loop;
-	int rc = parse(argc, argv, &l.o);
+	struct load_router rt = {0};
+	int rc = parse(argc, argv, &l.o), status;
 
+	if (rc == 1)
+		fputs(usage_text, stdout);
+	else if (rc)
+		fprintf(stderr, "pdbench load --help lists the options\n");
 	if (rc)
-		return 2;
-	rc = l.o.trace ? load_trace(&l) : make_synthetic(&l);
-	if (rc)
-		return 2;
-	if (l.skipped)
-		fprintf(stderr, "pdbench load: %u trace records over --max-input %u tokens skipped\n",
-			l.skipped, l.o.max_input);
-	for (uint32_t i = 0; i < l.nreqs; i++)
-		max_in = l.reqs[i].input > max_in ? l.reqs[i].input : max_in;
-	l.tokbuf = malloc(max_in * sizeof(uint32_t));
-	for (uint32_t k = 0; k < l.o.connections; k++) {
-		l.conns[k].fd = connect_router(l.o.router);
-		if (l.conns[k].fd < 0) {
-			fprintf(stderr, "pdbench load: cannot connect to %s: %s\n", l.o.router,
-				strerror(errno));
-			return 2;
-		}
-	}
-	have_router = l.o.admin && !admin_hist(l.o.admin, h0);
-	if (l.o.admin && !have_router)
+		return rc == 1 ? BENCH_OK : BENCH_USAGE;
+	if ((rc = setup(&l)))
+		return rc == -ENOMEM ? BENCH_FAILED : BENCH_USAGE;
+	rt.have = l.o.admin && !load_admin_hists(l.o.admin, h0);
+	if (l.o.admin && !rt.have)
 		fprintf(stderr, "pdbench load: no counters from %s; router latency not shown\n",
 			l.o.admin);
-	open_loop = l.o.rate > 0 || l.o.speedup > 0;
-	start = bench_now_ns();
-	end = start + (uint64_t)(l.o.duration * 1e9);
-	next = open_loop ? next_arrival(&l, start, start) : start;
-	for (;;) {
-		uint64_t now = bench_now_ns();
-		bool stop_sending = now >= end || (l.o.requests && id > l.o.requests) ||
-				    (l.o.speedup > 0 && l.next_req >= l.nreqs);
-		struct timespec ts;
-
-		if (stop_sending && !l.inflight)
-			break;
-		if (now > end + 30ull * 1000000000ull) {
-			fprintf(stderr, "pdbench load: %" PRIu64 " requests unanswered 30 s after "
-					"the end\n", l.inflight);
-			break;
-		}
-		while (!stop_sending &&
-		       (open_loop ? now >= next : l.inflight < l.o.concurrency)) {
-			if (send_request(&l, id++)) {
-				fprintf(stderr, "pdbench load: out of memory\n");
-				return 1;
-			}
-			if (open_loop)
-				next = next_arrival(&l, start, next);
-			if (l.o.requests && id > l.o.requests)
-				break;
-		}
-		for (uint32_t k = 0; k < l.o.connections; k++) {
-			if (pump_out(&l.conns[k])) {
-				fprintf(stderr, "pdbench load: send: %s\n", strerror(errno));
-				return 1;
-			}
-			pfd[k] = (struct pollfd){.fd = l.conns[k].fd,
-						 .events = (short)(POLLIN | (l.conns[k].out_len
-										 ? POLLOUT : 0))};
-		}
-		/* Sleep until the next arrival or an answer, to the nanosecond (ppoll), so the
-		 * load generator does not take the CPU the router and workers need. */
-		now = bench_now_ns();
-		wait_ns = open_loop && !stop_sending ? (next > now ? next - now : 0)
-			  : stop_sending || l.inflight >= l.o.concurrency ? 10000000 : 0;
-		ts = (struct timespec){.tv_sec = (time_t)(wait_ns / 1000000000u),
-				       .tv_nsec = (long)(wait_ns % 1000000000u)};
-		if (ppoll(pfd, l.o.connections, &ts, NULL) < 0 && errno != EINTR)
-			return 1;
-		for (uint32_t k = 0; k < l.o.connections; k++)
-			if ((pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) &&
-			    pump_in(&l, &l.conns[k])) {
-				fprintf(stderr, "pdbench load: the router closed the connection\n");
-				report(&l, bench_now_ns() - start, h0, h0, false);
-				return 1;
-			}
-	}
-	if (have_router && admin_hist(l.o.admin, h1))
-		have_router = false;
-	report(&l, bench_now_ns() - start, h0, h1, have_router);
-	for (uint32_t k = 0; k < l.o.connections; k++) {
-		close(l.conns[k].fd);
-		free(l.conns[k].in);
-		free(l.conns[k].out);
-	}
-	return l.errors ? 1 : 0;
+	l.start = l.prog.at = bench_now_ns();
+	rc = run(&l);
+	if (rt.have && !rc && !load_admin_hists(l.o.admin, h1))
+		router_delta(&rt, h0, h1);
+	else
+		rt.have = false;
+	status = results(&l, &rt, bench_now_ns() - l.start) || rc || l.errors || l.inflight
+			 ? BENCH_FAILED : BENCH_OK;
+	load_io_exit(&l.io);
+	load_vec_free(&l.recs);
+	load_vec_free(&l.gaps);
+	load_trace_free(&l.trace);
+	free(l.tokbuf);
+	return status;
 }
