@@ -33,7 +33,7 @@
 #define HDR sizeof(struct pdc_hdr)
 #define FIXED (HDR + sizeof(struct pdc_request))
 /* The head of a REQUEST (all but the tokens) at its longest. */
-#define HEAD_MAX (FIXED + 2 * PDC_NAME_MAX + PDC_SALT_MAX + 3)
+#define HEAD_MAX (FIXED + 2 * PDC_NAME_MAX + PDC_SALT_MAX + PDC_SAMPLING_MAX + 3)
 #define RBUF_INITIAL 65536u
 
 struct pdc_client {
@@ -67,13 +67,13 @@ size_t pdc_request_bytes(const struct pdc_request_args *a)
 	size_t strings = (a->model ? strlen(a->model) : 0) + (a->lora ? strlen(a->lora) : 0) +
 			 (a->cache_salt ? strlen(a->cache_salt) : 0);
 
-	return FIXED + pad4(strings) + 4 * (size_t)a->ntokens;
+	return FIXED + pad4(strings + a->sampling_len) + 4 * (size_t)a->ntokens;
 }
 
 /*
- * Write the head of @a's REQUEST (header, fixed part, strings, padding) into @buf, HEAD_MAX
- * bytes. Returns the head's length with *@total set to the frame's, or -EINVAL. The overrides
- * are not checked here: the router answers a bad one with a request-level -EINVAL.
+ * Write the head of @a's REQUEST (header, fixed part, strings, sampling, padding) into @buf,
+ * HEAD_MAX bytes. Returns the head's length with *@total set to the frame's, or -EINVAL. The
+ * overrides are not checked here: the router answers a bad one with a request-level -EINVAL.
  */
 static long encode_head(uint8_t *buf, const struct pdc_request_args *a, size_t *total)
 {
@@ -83,9 +83,10 @@ static long encode_head(uint8_t *buf, const struct pdc_request_args *a, size_t *
 	uint8_t *p;
 
 	if (!model || model > PDC_NAME_MAX || lora > PDC_NAME_MAX || salt > PDC_SALT_MAX ||
-	    !a->tokens || !a->ntokens || !a->max_tokens || (a->flags & ~PDC_FLAGS_ALL))
+	    a->sampling_len > PDC_SAMPLING_MAX || (a->sampling_len && !a->sampling) || !a->tokens ||
+	    !a->ntokens || !a->max_tokens || (a->flags & ~PDC_FLAGS_ALL))
 		return -EINVAL;
-	head = FIXED + pad4(model + lora + salt);
+	head = FIXED + pad4(model + lora + salt + a->sampling_len);
 	if (a->ntokens > (UINT32_MAX - head) / 4) /* the header's length is 32 bits */
 		return -EINVAL;
 	*total = head + 4 * (size_t)a->ntokens;
@@ -95,7 +96,7 @@ static long encode_head(uint8_t *buf, const struct pdc_request_args *a, size_t *
 	r.model_len = (uint16_t)model;
 	r.lora_len = (uint16_t)lora;
 	r.salt_len = (uint16_t)salt;
-	r.reserved = 0;
+	r.sampling_len = (uint16_t)a->sampling_len;
 	r.reserved2 = 0;
 	r.reserved3 = 0;
 	memset(buf, 0, head); /* the padding after the strings */
@@ -107,6 +108,8 @@ static long encode_head(uint8_t *buf, const struct pdc_request_args *a, size_t *
 		memcpy(p + model, a->lora, lora);
 	if (salt)
 		memcpy(p + model + lora, a->cache_salt, salt);
+	if (a->sampling_len)
+		memcpy(p + model + lora + salt, a->sampling, a->sampling_len);
 	return (long)head;
 }
 

@@ -80,6 +80,7 @@ struct dp_req {
 	struct dp_peer *peer; /* the worker of the current stage */
 	struct rt_request rq; /* rq.tokens points into @tokens */
 	struct dp_buf tokens; /* the prompt, copied out of the frame */
+	struct dp_buf sampling; /* the client's sampling parameters, for every post; len 0: none */
 	struct dp_buf params; /* the prefill's KV-transfer params, kept for a decode retry */
 	struct dp_buf acc;    /* generated tokens, when not streaming */
 	struct rt_choice prefill; /* load handle 0 once released */

@@ -50,7 +50,9 @@ int dp_frame_decode_request(const void *p, size_t len, uint32_t max_tokens_promp
 	memcpy(r, b + sizeof(h), sizeof(*r)); /* read once: the counts cannot change after */
 	out->id = h.id;
 	strings = (size_t)r->model_len + r->lora_len + r->salt_len;
-	off = sizeof(h) + sizeof(*r) + ((strings + 3) & ~(size_t)3);
+	/* The sampling length counts here even over its limit: a frame that adds up keeps the
+	 * connection, and the request alone is refused below. */
+	off = sizeof(h) + sizeof(*r) + ((strings + r->sampling_len + 3) & ~(size_t)3);
 	if (r->model_len > PDC_NAME_MAX || r->lora_len > PDC_NAME_MAX ||
 	    r->salt_len > PDC_SALT_MAX || len < off || (len - off) % 4 ||
 	    (len - off) / 4 != r->ntokens) {
@@ -60,9 +62,14 @@ int dp_frame_decode_request(const void *p, size_t len, uint32_t max_tokens_promp
 	out->model = (const char *)b + sizeof(h) + sizeof(*r);
 	out->lora = out->model + r->model_len;
 	out->salt = out->lora + r->lora_len;
+	out->sampling = (const uint8_t *)out->salt + r->salt_len;
 	out->tokens = b + off;
 	if (!r->model_len || !no_nul(out->model, strings)) {
 		*why = "model name empty, or a NUL in a name";
+		return -EINVAL;
+	}
+	if (r->sampling_len > PDC_SAMPLING_MAX) {
+		*why = "sampling parameters longer than 4096 bytes";
 		return -EINVAL;
 	}
 	if (!r->ntokens || !r->max_tokens) {
@@ -73,7 +80,7 @@ int dp_frame_decode_request(const void *p, size_t len, uint32_t max_tokens_promp
 		*why = "prompt longer than the router's limit";
 		return -E2BIG;
 	}
-	if (r->reserved || r->reserved2 || r->reserved3) {
+	if (r->reserved2 || r->reserved3) {
 		*why = "reserved fields must be 0 (a newer protocol version?)";
 		return -EINVAL;
 	}
@@ -94,9 +101,22 @@ void dp_frame_header(void *p, uint8_t type, uint64_t id, uint32_t len)
 	memcpy(p, &h, sizeof(h));
 }
 
+/* An error message's bytes on the wire: cut at PDC_ERROR_MAX. */
+static size_t error_len(const char *msg)
+{
+	size_t n = strlen(msg);
+
+	return n < PDC_ERROR_MAX ? n : PDC_ERROR_MAX;
+}
+
+size_t dp_frame_error_bytes(const char *msg)
+{
+	return DP_FRAME_BYTES(sizeof(struct pdc_error) + error_len(msg));
+}
+
 size_t dp_frame_error(void *p, uint64_t id, int error, const char *msg)
 {
-	size_t n = strnlen(msg, PDC_ERROR_MAX);
+	size_t n = error_len(msg);
 	struct pdc_error e = {.error = error, .len = (uint32_t)n};
 	uint8_t *b = p;
 	size_t len = DP_FRAME_BYTES(sizeof(e) + n);

@@ -28,6 +28,7 @@ struct dp_frame_request {
 	const char *model;
 	const char *lora;
 	const char *salt;
+	const uint8_t *sampling; /* fixed.sampling_len bytes for the workers, never looked into */
 	const uint8_t *tokens; /* fixed.ntokens little-endian uint32, 4-byte aligned in the frame */
 };
 
@@ -39,7 +40,8 @@ struct dp_frame_request {
  *
  * Returns 0, -EBADMSG for a frame whose lengths do not add up (the connection is closed), or a
  * request-level error with the connection kept: -E2BIG (prompt over the limit) or -EINVAL (a
- * value out of range: no tokens, max_tokens 0, unknown flags, a bad override).
+ * value out of range: no tokens, max_tokens 0, unknown flags, a bad override, sampling
+ * parameters over PDC_SAMPLING_MAX).
  */
 int dp_frame_decode_request(const void *p, size_t len, uint32_t max_tokens_prompt,
 			    struct dp_frame_request *out, const char **why);
@@ -49,6 +51,9 @@ int dp_frame_decode_request(const void *p, size_t len, uint32_t max_tokens_promp
 
 /* Write a header for a frame of @len bytes. */
 void dp_frame_header(void *p, uint8_t type, uint64_t id, uint32_t len);
+
+/* Bytes of the ERROR frame dp_frame_error() writes for @msg. */
+size_t dp_frame_error_bytes(const char *msg);
 
 /* Write an ERROR frame with @msg (cut at PDC_ERROR_MAX) at @p; returns its length. */
 size_t dp_frame_error(void *p, uint64_t id, int error, const char *msg);

@@ -128,8 +128,7 @@ static void send_out(struct dp_core *c, uint32_t i)
 static void conn_error(struct dp_core *c, uint32_t i, int error, const char *msg)
 {
 	struct dp_conn *cn = &c->conns[i];
-	uint8_t *p = dp_conn_frame(c, i, cn->gen,
-				   DP_FRAME_BYTES(sizeof(struct pdc_error) + strlen(msg)));
+	uint8_t *p = dp_conn_frame(c, i, cn->gen, dp_frame_error_bytes(msg));
 
 	if (p)
 		dp_frame_error(p, 0, error, msg);
@@ -207,8 +206,8 @@ static void dispatch(struct dp_core *c, uint32_t i, const uint8_t *p, uint32_t l
 		} else if (rc) {
 			dp_count(c, DP_STAT(requests), 1);
 			dp_count(c, DP_STAT(errors), 1);
-			uint8_t *o = dp_conn_frame(c, i, c->conns[i].gen, DP_FRAME_BYTES(
-				sizeof(struct pdc_error) + strlen(why)));
+			uint8_t *o = dp_conn_frame(c, i, c->conns[i].gen,
+						   dp_frame_error_bytes(why));
 			if (o)
 				dp_frame_error(o, h.id, rc, why);
 		} else {

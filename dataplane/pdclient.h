@@ -24,11 +24,12 @@ extern "C" {
 #define PDC_FRAME_MAX_DEFAULT (4u << 20) /* the router's default frame limit */
 #define PDC_NAME_MAX 255u		 /* model, LoRA */
 #define PDC_SALT_MAX 1024u		 /* cache salt */
+#define PDC_SAMPLING_MAX 4096u		 /* sampling parameters, passed to the worker as they are */
 #define PDC_ERROR_MAX 256u		 /* bytes of an error message */
 #define PDC_NO_WORKER UINT32_MAX
 
 enum pdc_type {
-	PDC_REQUEST = 1, /* client -> router: struct pdc_request + strings + tokens */
+	PDC_REQUEST = 1, /* client -> router: struct pdc_request + strings + sampling + tokens */
 	PDC_CANCEL = 2,	 /* client -> router: header only */
 	PDC_ROUTED = 16, /* router -> client: struct pdc_routed */
 	PDC_TOKENS = 17, /* router -> client: struct pdc_tokens + token ids */
@@ -61,8 +62,10 @@ struct pdc_hdr {
 
 /*
  * REQUEST: then model_len bytes of model name, lora_len of LoRA name, salt_len of cache
- * salt, zeros up to a multiple of 4 bytes, then ntokens little-endian uint32 token ids. The
- * frame's length must be exactly what these counts say.
+ * salt, sampling_len of sampling parameters, zeros up to a multiple of 4 bytes, then ntokens
+ * little-endian uint32 token ids. The frame's length must be exactly what these counts say.
+ * The sampling parameters are opaque to the router (JSON, or an engine's own encoding): it
+ * hands them to every worker that serves the request, byte for byte.
  */
 struct pdc_request {
 	uint32_t ntokens;    /* 1 .. the router's prompt limit */
@@ -71,7 +74,7 @@ struct pdc_request {
 	uint16_t model_len;  /* 1 .. PDC_NAME_MAX */
 	uint16_t lora_len;   /* 0 .. PDC_NAME_MAX */
 	uint16_t salt_len;   /* 0 .. PDC_SALT_MAX */
-	uint16_t reserved;   /* 0 */
+	uint16_t sampling_len;	     /* 0 .. PDC_SAMPLING_MAX */
 	uint32_t pin_worker;	     /* serve on this worker only, or PDC_NO_WORKER */
 	uint32_t pin_dp_rank;	     /* its DP rank */
 	uint32_t pin_prefill_worker; /* prefill on this worker only, or PDC_NO_WORKER */
@@ -132,6 +135,7 @@ struct pdc_error {
 
 _Static_assert(sizeof(struct pdc_hdr) == 16, "pdclient ABI");
 _Static_assert(sizeof(struct pdc_request) == 72, "pdclient ABI");
+_Static_assert(offsetof(struct pdc_request, sampling_len) == 18, "pdclient ABI");
 _Static_assert(offsetof(struct pdc_request, overlap_score_credit) == 48, "pdclient ABI");
 _Static_assert(sizeof(struct pdc_routed) == 24, "pdclient ABI");
 _Static_assert(sizeof(struct pdc_tokens) == 8, "pdclient ABI");
@@ -146,6 +150,8 @@ struct pdc_request_args {
 	const char *model;
 	const char *lora;	/* NULL: none */
 	const char *cache_salt; /* NULL: none */
+	const void *sampling;	/* sampling_len bytes for the worker, any bytes; NULL: none */
+	uint32_t sampling_len;	/* 0 .. PDC_SAMPLING_MAX */
 	const uint32_t *tokens;
 	uint32_t ntokens;
 	uint32_t max_tokens;
@@ -162,7 +168,8 @@ size_t pdc_request_bytes(const struct pdc_request_args *a);
 /**
  * pdc_request_encode - write the REQUEST frame for @a into @buf.
  *
- * Returns its length, or -EINVAL (a string or count out of range) or -ENOBUFS (@cap too small).
+ * Returns its length, or -EINVAL (a string or count out of range, sampling_len over
+ * PDC_SAMPLING_MAX or without sampling bytes) or -ENOBUFS (@cap too small).
  */
 long pdc_request_encode(void *buf, size_t cap, const struct pdc_request_args *a);
 

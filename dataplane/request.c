@@ -18,6 +18,7 @@
 #include "hash.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "token ids are copied as they are");
+_Static_assert(PDC_SAMPLING_MAX <= SHM_LANE_MAX_SAMPLING, "what a client may send, a lane takes");
 
 #define SLOT_BITS 24u
 #define TOKENS_PER_FRAME 65536u
@@ -41,8 +42,7 @@ static uint8_t *frame(struct dp_core *c, struct dp_req *r, uint8_t type, size_t 
 static void send_error_to(struct dp_core *c, uint32_t conn, uint32_t gen, uint64_t id, int error,
 			  const char *msg)
 {
-	uint8_t *p = dp_conn_frame(c, conn, gen, DP_FRAME_BYTES(sizeof(struct pdc_error) +
-							       strnlen(msg, PDC_ERROR_MAX)));
+	uint8_t *p = dp_conn_frame(c, conn, gen, dp_frame_error_bytes(msg));
 
 	if (p)
 		dp_frame_error(p, id, error, msg);
@@ -139,6 +139,7 @@ static void free_req(struct dp_core *c, uint32_t i)
 	if (r->conn != DP_NIL)
 		dp_list_del(&c->conns[r->conn].reqs, dp_conn_link, c, i);
 	dp_buf_free(&c->slab, &r->tokens);
+	dp_buf_free(&c->slab, &r->sampling);
 	dp_buf_free(&c->slab, &r->params);
 	dp_buf_free(&c->slab, &r->acc);
 	*r = (struct dp_req){.gen = gen, .conn = DP_NIL};
@@ -202,6 +203,7 @@ static int post(struct dp_core *c, uint32_t i)
 		.ntokens = (uint32_t)r->rq.ntokens,
 		.max_tokens = decode ? r->max_tokens : 1,
 		.dp_rank = ch->dp_rank,
+		.nsampling = r->sampling.len, /* every stage samples as the client asked */
 	};
 	int rc;
 
@@ -213,6 +215,7 @@ static int post(struct dp_core *c, uint32_t i)
 	}
 	r->peer = peer;
 	rc = shm_lane_put_request(&peer->mbox.req[c->cfg.index], &req, r->rq.tokens,
+				  req.nsampling ? r->sampling.p : NULL,
 				  req.nparams ? r->params.p : NULL);
 	if (rc == -ENOBUFS) {
 		/* The wait is timed from its start; a retry goes back to the tail. */
@@ -373,10 +376,16 @@ static int fill_request(struct dp_core *c, struct dp_req *r, const struct dp_fra
 	struct rt_request *rq = &r->rq;
 	int rc;
 
-	if (dp_buf_reserve(&c->slab, &r->tokens, 4ull * x->ntokens))
+	if (dp_buf_reserve(&c->slab, &r->tokens, 4ull * x->ntokens) ||
+	    dp_buf_reserve(&c->slab, &r->sampling, x->sampling_len))
 		return -ENOBUFS;
 	memcpy(r->tokens.p, f->tokens, 4ull * x->ntokens);
 	r->tokens.len = 4 * x->ntokens;
+	/* Out of the frame, whose buffer is reused once this returns: retries and the decode
+	 * stage post them again long after. */
+	if (x->sampling_len)
+		memcpy(r->sampling.p, f->sampling, x->sampling_len);
+	r->sampling.len = x->sampling_len;
 	*rq = (struct rt_request){
 		.tokens = (const uint32_t *)r->tokens.p, .ntokens = x->ntokens,
 		.hash_seed = dp_hash_seed(f->lora, x->lora_len, f->salt, x->salt_len),

@@ -17,11 +17,12 @@
 
 #define SHM_LANE_MAX_TOKENS (1u << 20) /* prompt tokens of one request */
 #define SHM_LANE_MAX_PARAMS (64u << 10) /* bytes of a disaggregated-params blob */
+#define SHM_LANE_MAX_SAMPLING 4096u	/* bytes of the client's sampling parameters */
 #define SHM_LANE_MAX_ERROR 256u	       /* bytes of an error message */
 
 /* Record types on a lane (ring types; 0 is the ring's pad). */
 enum shm_lane_type {
-	SHM_LANE_REQUEST = 1,	   /* router -> worker: struct shm_lane_request + tokens + params */
+	SHM_LANE_REQUEST = 1,	   /* router -> worker: struct shm_lane_request + tokens + ... */
 	SHM_LANE_CANCEL = 2,	   /* router -> worker: struct shm_lane_ref */
 	SHM_LANE_TOKENS = 16,	   /* worker -> router: struct shm_lane_tokens + token ids */
 	SHM_LANE_PREFILLED = 17,   /* worker -> router: struct shm_lane_prefilled + params */
@@ -36,7 +37,12 @@ enum shm_lane_mode {
 	SHM_LANE_DECODE = 2,	 /* decode, with the prefill worker's params */
 };
 
-/* REQUEST: then uint32_t tokens[ntokens], padded to 8 bytes, then nparams bytes of params. */
+/*
+ * REQUEST: then uint32_t tokens[ntokens], zeros up to a multiple of 8 bytes, then nsampling
+ * bytes of sampling parameters, zeros up to a multiple of 8 bytes, then nparams bytes of
+ * params (the last bytes of the record). The sampling parameters are the client's, byte for
+ * byte (pdclient.h): the router never looks into them, and they come with every mode.
+ */
 struct shm_lane_request {
 	uint64_t request_id; /* the router's, echoed in every answer */
 	uint32_t mode;	     /* enum shm_lane_mode */
@@ -46,6 +52,8 @@ struct shm_lane_request {
 	uint32_t prefill_worker; /* decode mode: who prefilled; else 0 */
 	uint32_t dp_rank;	  /* the target's DP rank */
 	uint64_t room_id;	  /* bootstrap mode: shared with the prefill worker; else 0 */
+	uint32_t nsampling;	  /* 0 .. SHM_LANE_MAX_SAMPLING */
+	uint32_t reserved;	  /* 0 */
 };
 
 /* CANCEL, or any record that names one request only. */
@@ -83,24 +91,36 @@ struct shm_lane_error {
 
 #define SHM_LANE_MAX_TOKENS_PER_RECORD 4096u
 
-_Static_assert(sizeof(struct shm_lane_request) == 40, "lane ABI");
+_Static_assert(sizeof(struct shm_lane_request) == 48, "lane ABI");
 _Static_assert(offsetof(struct shm_lane_request, room_id) == 32, "lane ABI");
+_Static_assert(offsetof(struct shm_lane_request, nsampling) == 40, "lane ABI");
+_Static_assert(offsetof(struct shm_lane_request, reserved) == 44, "lane ABI");
 _Static_assert(sizeof(struct shm_lane_ref) == 8, "lane ABI");
 _Static_assert(sizeof(struct shm_lane_tokens) == 16, "lane ABI");
 _Static_assert(sizeof(struct shm_lane_prefilled) == 16, "lane ABI");
 _Static_assert(sizeof(struct shm_lane_done) == 16, "lane ABI");
 _Static_assert(sizeof(struct shm_lane_error) == 16, "lane ABI");
 
-/* Bytes of a REQUEST with @ntokens tokens and @nparams bytes of params. */
-static inline uint64_t shm_lane_request_bytes(uint32_t ntokens, uint32_t nparams)
+/* Bytes @n rounded up to a multiple of 8. */
+static inline uint64_t shm_lane_pad8(uint64_t n)
 {
-	return sizeof(struct shm_lane_request) + ((4ull * ntokens + 7) & ~7ull) + nparams;
+	return (n + 7) & ~7ull;
+}
+
+/* Bytes of a REQUEST with @ntokens tokens, @nsampling bytes of sampling parameters and
+ * @nparams bytes of params. */
+static inline uint64_t shm_lane_request_bytes(uint32_t ntokens, uint32_t nsampling,
+					      uint32_t nparams)
+{
+	return sizeof(struct shm_lane_request) + shm_lane_pad8(4ull * ntokens) +
+	       shm_lane_pad8(nsampling) + nparams;
 }
 
 /* A checked REQUEST: the fixed part copied out, pointers into the record for the rest. */
 struct shm_lane_request_view {
 	struct shm_lane_request req;
-	const uint32_t *tokens; /* in shared memory: copy what must not change under you */
+	const uint32_t *tokens;	 /* in shared memory: copy what must not change under you */
+	const uint8_t *sampling; /* req.nsampling bytes, 8-byte aligned */
 	const uint8_t *params;
 };
 
@@ -108,7 +128,8 @@ struct shm_lane_request_view {
  * shm_lane_check_request - check a REQUEST record of @len bytes at @p.
  *
  * Returns 0 with @v filled, or -EBADMSG: a length that is not exactly what the counts say, a
- * count out of range, an unknown mode, or params on a request that is not in decode mode.
+ * count out of range, an unknown mode, params on a request that is not in decode mode, or a
+ * reserved field that is not 0.
  */
 static inline int shm_lane_check_request(const uint8_t *p, uint32_t len,
 					 struct shm_lane_request_view *v)
@@ -117,30 +138,39 @@ static inline int shm_lane_check_request(const uint8_t *p, uint32_t len,
 		return -EBADMSG;
 	memcpy(&v->req, p, sizeof(v->req)); /* read once */
 	if (!v->req.ntokens || v->req.ntokens > SHM_LANE_MAX_TOKENS ||
+	    v->req.nsampling > SHM_LANE_MAX_SAMPLING || v->req.reserved ||
 	    v->req.nparams > SHM_LANE_MAX_PARAMS || v->req.mode > SHM_LANE_DECODE ||
 	    (v->req.nparams && v->req.mode != SHM_LANE_DECODE) ||
-	    len != shm_lane_request_bytes(v->req.ntokens, v->req.nparams))
+	    len != shm_lane_request_bytes(v->req.ntokens, v->req.nsampling, v->req.nparams))
 		return -EBADMSG;
 	v->tokens = (const uint32_t *)(p + sizeof(v->req));
+	v->sampling = p + sizeof(v->req) + shm_lane_pad8(4ull * v->req.ntokens);
 	v->params = p + len - v->req.nparams;
 	return 0;
 }
 
 /**
  * shm_lane_put_request - router: write a REQUEST into lane ring @r (commit; publish is yours).
- * @tokens: req->ntokens prompt tokens; @params: req->nparams bytes (decode mode), or NULL.
+ * @req: the fixed part; its reserved field is written as 0 whatever it holds.
+ * @tokens: req->ntokens prompt tokens.
+ * @sampling: req->nsampling bytes of sampling parameters, or NULL when there are none.
+ * @params: req->nparams bytes (decode mode), or NULL.
  *
  * Returns 0, -ENOBUFS when the ring is full (publish, wait, try again), -E2BIG when the request
  * could never fit the ring, -EINVAL for counts out of range, -EBADMSG for a broken ring.
  */
 static inline int shm_lane_put_request(struct shm_ring *r, const struct shm_lane_request *req,
-				       const uint32_t *tokens, const void *params)
+				       const uint32_t *tokens, const void *sampling,
+				       const void *params)
 {
-	uint64_t len = shm_lane_request_bytes(req->ntokens, req->nparams);
+	uint64_t len = shm_lane_request_bytes(req->ntokens, req->nsampling, req->nparams);
+	uint64_t toks = 4ull * req->ntokens, at = sizeof(*req) + shm_lane_pad8(toks);
+	struct shm_lane_request fixed = *req;
 	uint8_t *p;
 	int err;
 
 	if (!req->ntokens || req->ntokens > SHM_LANE_MAX_TOKENS || !tokens ||
+	    req->nsampling > SHM_LANE_MAX_SAMPLING || (req->nsampling && !sampling) ||
 	    req->nparams > SHM_LANE_MAX_PARAMS || req->mode > SHM_LANE_DECODE ||
 	    (req->nparams && (req->mode != SHM_LANE_DECODE || !params)))
 		return -EINVAL;
@@ -149,10 +179,14 @@ static inline int shm_lane_put_request(struct shm_ring *r, const struct shm_lane
 	p = shm_ring_reserve(r, SHM_LANE_REQUEST, 0, (uint32_t)len, &err);
 	if (!p)
 		return err;
-	memcpy(p, req, sizeof(*req));
-	memcpy(p + sizeof(*req), tokens, 4 * (size_t)req->ntokens);
-	if (req->ntokens & 1) /* an odd count leaves 4 bytes of padding before the params */
-		memset(p + sizeof(*req) + 4 * (size_t)req->ntokens, 0, 4);
+	fixed.reserved = 0;
+	memcpy(p, &fixed, sizeof(fixed));
+	memcpy(p + sizeof(fixed), tokens, toks);
+	/* The padding is written too: the ring's bytes are whatever an earlier record left. */
+	memset(p + sizeof(fixed) + toks, 0, at - sizeof(fixed) - toks);
+	if (req->nsampling && sampling) /* checked above; this says it to the compiler */
+		memcpy(p + at, sampling, req->nsampling);
+	memset(p + at + req->nsampling, 0, shm_lane_pad8(req->nsampling) - req->nsampling);
 	if (req->nparams && params)
 		memcpy(p + len - req->nparams, params, req->nparams);
 	shm_ring_commit(r);

@@ -25,7 +25,9 @@
 #include "ring.h"
 
 #define SHM_MBOX_MAGIC 0x31584F424D445050ull /* "PPDMBOX1", little-endian */
-#define SHM_MBOX_VERSION 1u
+/* 2: a lane REQUEST carries the client's sampling parameters (lanes.h); a worker built for 1
+ * would misread every request, so it refuses the mailbox instead. */
+#define SHM_MBOX_VERSION 2u
 #define SHM_MBOX_HEADER_BYTES 4096u /* the header has a page to itself */
 #define SHM_MBOX_LANES_MAX 64u
 

@@ -94,16 +94,21 @@ struct pdw_request {
 	struct shm_lane_request req;
 	const uint32_t *tokens; /* req.ntokens prompt tokens, in the mailbox until pdw_done_with() */
 	const uint8_t *params;	/* req.nparams bytes (decode mode) */
+	/* The client's sampling parameters (temperature, top-p, ...), req.nsampling bytes, in any
+	 * mode: opaque to the router, passed byte for byte as the client wrote them (JSON, or
+	 * whatever encoding the client and the engine agree on). In the mailbox, like @tokens:
+	 * parse or copy them before pdw_done_with(), and treat them as untrusted input. */
+	const uint8_t *sampling;
 };
 
 /**
  * pdw_poll - the next request or cancel on any lane, without waiting.
  *
- * Returns 0 with @r filled (its tokens and params stay valid until pdw_done_with(), which
- * must come before the next pdw_poll(): until then it returns the same record), -EAGAIN when
- * there is none (pdw_wait() sleeps until there is), or -EBADMSG when the router broke a lane
- * (reconnect). Unknown record types are skipped. The request's DP rank is the router's word:
- * check it against your own ranks before indexing anything with it.
+ * Returns 0 with @r filled (its tokens, params and sampling parameters stay valid until
+ * pdw_done_with(), which must come before the next pdw_poll(): until then it returns the same
+ * record), -EAGAIN when there is none (pdw_wait() sleeps until there is), or -EBADMSG when the
+ * router broke a lane (reconnect). Unknown record types are skipped. The request's DP rank is
+ * the router's word: check it against your own ranks before indexing anything with it.
  */
 int pdw_poll(struct pdw *w, struct pdw_request *r);
 

@@ -315,6 +315,7 @@ int pdw_poll(struct pdw *w, struct pdw_request *r)
 				r->req = v.req;
 				r->tokens = v.tokens;
 				r->params = v.params;
+				r->sampling = v.sampling;
 				return 0;
 			}
 			shm_ring_consume(ring); /* a newer router's record: skip it */

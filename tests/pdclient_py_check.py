@@ -36,7 +36,8 @@ def self_checks():
         raise AssertionError(f"a malformed frame decoded: {bad.hex()}")
     for bad in (dict(model=""), dict(tokens=[]), dict(max_tokens=0), dict(model="x" * 256),
                 dict(cache_salt="s" * 1025), dict(lora="a\0b"), dict(tokens=[1 << 32]),
-                dict(overrides={"top_k": 1})):
+                dict(overrides={"top_k": 1}), dict(sampling=b"x" * 4097),
+                dict(sampling={"stop": "x" * 4096})):
         args = dict(id=1, model="m", tokens=[1], max_tokens=1)
         args.update(bad)
         try:
@@ -45,6 +46,19 @@ def self_checks():
             continue
         raise AssertionError(f"encode_request accepted {bad}")
     check(pdclient.encode_cancel(6) == pdclient._HDR.pack(16, 0x4350, 1, 2, 6), "cancel")
+    # Sampling parameters: bytes as they are, str as UTF-8, a dict as compact JSON; never an
+    # int, which bytes() would turn into that many zeros.
+    frames = [pdclient.encode_request(1, "m", [1], 1, sampling=s)
+              for s in (b'{"top_p":0.9}', '{"top_p":0.9}', {"top_p": 0.9})]
+    check(frames[0] == frames[1] == frames[2], "sampling as bytes, str and dict")
+    check(frames[0][88:88 + 14] == b'm{"top_p":0.9}', "sampling after the strings")
+    check(pdclient.encode_request(1, "m", [1], 1, sampling=b"x" * 4096)[34:36] == b"\0\x10",
+          "sampling_len 4096")
+    try:
+        pdclient.encode_request(1, "m", [1], 1, sampling=5)
+        raise AssertionError("encode_request took an int for sampling")
+    except TypeError:
+        pass
 
 
 def main():
@@ -56,9 +70,10 @@ def main():
            lora="adapter-1", cache_salt="tenant-42", pin_worker=3, pin_dp_rank=1,
            pin_prefill_worker=9, pin_prefill_dp_rank=2,
            overrides={"overlap_score_credit": 0.5, "prefill_load_scale": 1.25,
-                      "temperature": 0.75, "kv_reuse": True, "prefill_tokens": False})
+                      "temperature": 0.75, "kv_reuse": True, "prefill_tokens": False},
+           sampling={"temperature": 0.75})
     c.send(3, "m-\u00fc", [1], 1, peek=True, cache_salt=b"s", pin_prefill_worker=0,
-           pin_prefill_dp_rank=5, overrides={"temperature": 2.0})
+           pin_prefill_dp_rank=5, overrides={"temperature": 2.0}, sampling=b"\0\x01\xff")
 
     # Request 1's answers, written a few bytes at a time.
     evs = [c.next(WAIT) for _ in range(4)]

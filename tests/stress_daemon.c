@@ -4,8 +4,10 @@
  * on libpdworker that answer at once and keep leaving (closing, vanishing with requests taken,
  * going silent until their lease lapses, writing garbage into a lane) and coming back; clients
  * on libpdclient sending pipelined requests (streamed or not, peeks, pins, cancels); and an
- * admin poller asking for counters, workers and explanations. Every request must end with
- * exactly one final frame: DONE with tokens 1000.. in order, a cancelled DONE, or an ERROR
+ * admin poller asking for counters, workers and explanations. Every request carries sampling
+ * parameters made from its prompt, which every worker it reaches checks byte for byte, in
+ * prefill, decode and aggregated mode alike. Every request must end with exactly one final
+ * frame: DONE with tokens 1000.. in order, a cancelled DONE, or an ERROR
  * whose code churn explains. When the clients are done, the router's counters must match
  * theirs; at the end, requests still in flight get -ESHUTDOWN and the final counters add up.
  * Built plain (no Criterion) so it runs under ThreadSanitizer. Longer than a file should be:
@@ -99,6 +101,33 @@ static bool prompt_intact(const uint32_t *tok, uint32_t n)
 	return true;
 }
 
+/* The sampling parameters sent with the prompt @tok, into @out: none, a few bytes or the most
+ * a frame carries, any byte values, all made from a hash of the whole prompt, so that the
+ * worker that gets the prompt knows what must come with it. Returns their length. */
+static uint32_t make_sampling(const uint32_t *tok, uint32_t n, uint8_t *out)
+{
+	uint64_t h = n, w;
+	uint32_t len;
+
+	for (uint32_t i = 0; i < n; i++)
+		h = t_mix64(h ^ tok[i]);
+	len = h % 8 == 0 ? 0 : h % 8 == 1 ? PDC_SAMPLING_MAX : (uint32_t)(h >> 8) % 300;
+	for (uint32_t i = 0; i < len; i += 8) {
+		w = t_mix64(h + i);
+		memcpy(out + i, &w, len - i < 8 ? len - i : 8);
+	}
+	return len;
+}
+
+/* Did the request's sampling parameters arrive as the client sent them? */
+static bool sampling_intact(const struct pdw_request *r)
+{
+	static _Thread_local uint8_t want[PDC_SAMPLING_MAX];
+	uint32_t n = make_sampling(r->tokens, r->req.ntokens, want);
+
+	return r->req.nsampling == n && (!n || !memcmp(r->sampling, want, n));
+}
+
 /* ---- workers ---- */
 
 struct worker {
@@ -113,6 +142,7 @@ struct worker {
 	double leave_at;
 	/* Written by the worker's thread, read after join. */
 	unsigned registrations, answers, cancels, lanes_broken, leases_lapsed, events_lost;
+	unsigned sampled[SHM_LANE_DECODE + 1]; /* requests with sampling parameters, by mode */
 };
 
 static struct worker workers[] = {
@@ -219,6 +249,11 @@ static bool answer(struct worker *k, const struct pdw_request *r)
 	if (!request_fits(k, r))
 		FAIL("worker %u (type %d) got a request it cannot serve: mode %u, %u tokens\n",
 		     k->w.worker, k->type, r->req.mode, r->req.ntokens);
+	else if (!sampling_intact(r))
+		FAIL("worker %u: %u bytes of sampling parameters in mode %u, not the client's\n",
+		     k->w.worker, r->req.nsampling, r->req.mode);
+	else if (r->req.nsampling)
+		k->sampled[r->req.mode]++;
 	if (k->type != PDW_DECODE)
 		publish_prompt(k, r->tokens, r->req.ntokens);
 	if (t_rng_chance(&k->rng, 2))
@@ -424,13 +459,15 @@ struct client {
 static bool send_one(struct client *cl)
 {
 	static _Thread_local uint32_t tok[(MAX_BLOCKS + 1) * BS];
+	static _Thread_local uint8_t samp[PDC_SAMPLING_MAX];
 	struct pending *q = &cl->p[cl->n];
 	bool agg = t_rng_chance(&cl->rng, 40);
-	struct pdc_request_args a = {.id = cl->next_id++, .model = agg ? "agg" : "dis",
-				     .tokens = tok};
+	struct pdc_request_args a = {
+	    .id = cl->next_id++, .model = agg ? "agg" : "dis", .tokens = tok, .sampling = samp};
 
 	pdc_request_defaults(&a.fixed);
 	a.ntokens = make_prompt(&cl->rng, tok);
+	a.sampling_len = make_sampling(tok, a.ntokens, samp);
 	a.max_tokens = t_rng_chance(&cl->rng, 2) ? 3000 + t_rng_below(&cl->rng, 3000)
 						 : 1 + t_rng_below(&cl->rng, 40);
 	a.flags = (t_rng_chance(&cl->rng, 50) ? PDC_STREAM : 0) |
@@ -831,16 +868,22 @@ static void check_quiet_counters(uint64_t sent, const uint64_t *o)
 /* Requests held by workers that stopped taking any: pd_daemon_stop() must answer them. */
 static struct pdc_client *leave_in_flight(void)
 {
+	static uint8_t samp[PDC_SAMPLING_MAX];
 	uint32_t tok[BS];
 	struct pdc_client *c;
 	struct pdc_event ev;
-	struct pdc_request_args a = {.model = "agg", .tokens = tok, .ntokens = BS,
-				     .max_tokens = 5, .flags = PDC_STREAM};
+	struct pdc_request_args a = {.model = "agg",
+				     .tokens = tok,
+				     .ntokens = BS,
+				     .max_tokens = 5,
+				     .flags = PDC_STREAM,
+				     .sampling = samp};
 	unsigned routed = 0;
 
 	pdc_request_defaults(&a.fixed);
 	for (uint32_t j = 0; j < BS; j++)
 		tok[j] = block_token(7, j);
+	a.sampling_len = make_sampling(tok, BS, samp);
 	if (pdc_connect(client_addr, &c)) {
 		FAIL("shutdown client: cannot connect\n");
 		return NULL;
@@ -904,8 +947,11 @@ static void report(const struct client *cl, const uint64_t *o, uint64_t sent, ui
 		   const struct admin_tally *at)
 {
 	unsigned reg = 0, lanes = 0, leases = 0, answers = 0, cancels = 0, lost = 0;
+	unsigned sampled[SHM_LANE_DECODE + 1] = {0};
 
 	for (size_t k = 0; k < NWORKERS; k++) {
+		for (int m = 0; m <= SHM_LANE_DECODE; m++)
+			sampled[m] += workers[k].sampled[m];
 		reg += workers[k].registrations;
 		lanes += workers[k].lanes_broken;
 		leases += workers[k].leases_lapsed;
@@ -924,10 +970,13 @@ static void report(const struct client *cl, const uint64_t *o, uint64_t sent, ui
 		printf("%s%s %lu", k ? ", " : "", strerrorname_np(-allowed_errors[k]),
 		       (unsigned long)n);
 	}
-	printf("); %lu tokens; workers: %u registrations, %u answers, %u cancels, %u events "
-	       "not sent, %u lanes broken, %u leases lapsed; %lu admin answers (%lu explain "
-	       "timeouts); ok\n", (unsigned long)tokens, reg, answers, cancels, lost, lanes,
-	       leases, (unsigned long)at->answers, (unsigned long)at->no_answer);
+	printf("); %lu tokens; workers: %u registrations, %u answers (sampling parameters "
+	       "checked in %u aggregated, %u prefill, %u decode), %u cancels, %u events not "
+	       "sent, %u lanes broken, %u leases lapsed; %lu admin answers (%lu explain "
+	       "timeouts); ok\n",
+	       (unsigned long)tokens, reg, answers, sampled[SHM_LANE_AGGREGATED],
+	       sampled[SHM_LANE_PREFILL], sampled[SHM_LANE_DECODE], cancels, lost, lanes, leases,
+	       (unsigned long)at->answers, (unsigned long)at->no_answer);
 }
 
 int main(int argc, char **argv)
@@ -1004,6 +1053,14 @@ int main(int argc, char **argv)
 	rmdir(dir);
 	if (sent < 100)
 		FAIL("only %lu requests: the run did not run\n", (unsigned long)sent);
+	for (int m = 0; m <= SHM_LANE_DECODE; m++) {
+		unsigned n = 0;
+
+		for (size_t k = 0; k < NWORKERS; k++)
+			n += workers[k].sampled[m];
+		if (!n)
+			FAIL("no request in lane mode %d carried sampling parameters\n", m);
+	}
 	if (t_stress_failed())
 		return 1;
 	report(cl, outcome, sent, tokens, &at);

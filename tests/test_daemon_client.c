@@ -1,8 +1,9 @@
 /*
  * pdrouter end to end, the client's side of the protocol (docs/protocol.md): CANCEL and hanging
  * up, malformed frames (connection-level errors that end one connection only), and every
- * request-level refusal a client can provoke: a prompt over the limit, an unknown model, too
- * many requests on a connection, a full request pool, a duplicate id. Workers that hold their
+ * request-level refusal a client can provoke: a prompt over the limit, sampling parameters over
+ * theirs, an unknown model, too many requests on a connection, a full request pool, a
+ * duplicate id. Workers that hold their
  * requests (pdmock --stall-ms) keep requests in flight for as long as a test needs.
  */
 #include <criterion/criterion.h>
@@ -345,6 +346,46 @@ Test(daemon_client, bad_field_gets_einval_and_unknown_pin_gets_enodev)
 	a.fixed.pin_worker = 4242;
 	send_refused(c, &a, -ENODEV);
 	a = t_args(3, tok, PROMPT, 2, 0);
+	t_run(c, &a, &r);
+	t_assert_served(&r, PROMPT, 2);
+	cr_assert_eq(t_counter("frames_malformed"), 0);
+	pdc_close(c);
+	t_router_stop();
+}
+
+/* Sampling parameters at their limit are served (pdmock ignores them); over it, in a frame
+ * whose lengths add up, they are one request's -EINVAL and the connection goes on. */
+Test(daemon_client, sampling_over_limit_gets_einval_and_connection_stays_usable)
+{
+	static uint8_t buf[16384], samp[PDC_SAMPLING_MAX];
+	uint32_t tok[PROMPT], ntokens = PROMPT - 1;
+	uint16_t over = PDC_SAMPLING_MAX + 4;
+	struct pdc_request_args a;
+	struct pdc_client *c;
+	struct t_result r = {0};
+	long len;
+
+	t_router_start(NULL);
+	t_worker("aggregated", NULL);
+	c = t_connect();
+	memset(samp, '{', sizeof(samp));
+	t_prompt(tok, PROMPT, 1);
+	a = t_args(1, tok, PROMPT, 2, 0);
+	a.sampling = samp;
+	a.sampling_len = PDC_SAMPLING_MAX;
+	t_run(c, &a, &r);
+	t_assert_served(&r, PROMPT, 2);
+	/* The first token's 4 bytes become sampling bytes: the frame still adds up. */
+	a.id = 2;
+	len = pdc_request_encode(buf, sizeof(buf), &a);
+	cr_assert_gt(len, 0);
+	memcpy(buf + sizeof(struct pdc_hdr) + offsetof(struct pdc_request, sampling_len), &over, 2);
+	memcpy(buf + sizeof(struct pdc_hdr) + offsetof(struct pdc_request, ntokens), &ntokens, 4);
+	cr_assert_eq(t_send_raw(c, buf, (size_t)len), 0);
+	r = (struct t_result){0};
+	t_collect(c, 2, &r);
+	t_assert_error(&r, -EINVAL);
+	a.id = 3;
 	t_run(c, &a, &r);
 	t_assert_served(&r, PROMPT, 2);
 	cr_assert_eq(t_counter("frames_malformed"), 0);

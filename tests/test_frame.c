@@ -42,6 +42,8 @@
 	} while (0)
 
 static const uint32_t toks[8] = {1, 2, 3, 4, 5, 0xFFFFFFFFu, 0, 65536};
+/* full_args()'s sampling parameters: 20 bytes, so that its strings and these need no padding */
+static const char sampling20[] = "{\"temperature\":0.75}";
 
 /* A request with every field set, none of them at its default. */
 static struct pdc_request_args full_args(void)
@@ -50,6 +52,8 @@ static struct pdc_request_args full_args(void)
 				     .model = "llama-3-8b",
 				     .lora = "adapter-1",
 				     .cache_salt = "tenant-42",
+				     .sampling = sampling20,
+				     .sampling_len = sizeof(sampling20) - 1,
 				     .tokens = toks,
 				     .ntokens = 8,
 				     .max_tokens = 128,
@@ -128,6 +132,10 @@ static size_t raw_request(uint8_t *buf, const struct pdc_request *r, const char 
 	return len;
 }
 
+/* A REQUEST for model "m" with @sl bytes of sampling parameters and @n tokens, written by hand
+ * (@sl may be over the limit) into @buf, which has room. Returns the frame's length. */
+static size_t raw_sampled(uint8_t *buf, uint16_t sl, uint32_t n);
+
 /* A fixed part whose counts say what raw_request() gets. */
 static struct pdc_request raw_fixed(size_t ml, size_t ll, size_t sl, uint32_t n)
 {
@@ -140,6 +148,23 @@ static struct pdc_request raw_fixed(size_t ml, size_t ll, size_t sl, uint32_t n)
 	r.lora_len = (uint16_t)ll;
 	r.salt_len = (uint16_t)sl;
 	return r;
+}
+
+static size_t raw_sampled(uint8_t *buf, uint16_t sl, uint32_t n)
+{
+	struct pdc_request r = raw_fixed(1, 0, 0, n);
+	size_t at = FIXED;
+
+	r.sampling_len = sl;
+	memset(buf, 0, FIXED + ((1 + (size_t)sl + 3) & ~(size_t)3));
+	memcpy(buf + HDR, &r, sizeof(r));
+	buf[at] = 'm';
+	memset(buf + at + 1, 0xA7, sl);
+	at += (1 + (size_t)sl + 3) & ~(size_t)3;
+	for (uint32_t i = 0; i < n; i++, at += 4)
+		memcpy(buf + at, &toks[i % 8], 4);
+	dp_frame_header(buf, PDC_REQUEST, 42, (uint32_t)at);
+	return at;
 }
 
 TestSuite(frame);
@@ -158,7 +183,7 @@ Test(frame, wire_layout_is_the_documented_one)
 	cr_expect_eq(offsetof(struct pdc_request, model_len), 12);
 	cr_expect_eq(offsetof(struct pdc_request, lora_len), 14);
 	cr_expect_eq(offsetof(struct pdc_request, salt_len), 16);
-	cr_expect_eq(offsetof(struct pdc_request, reserved), 18);
+	cr_expect_eq(offsetof(struct pdc_request, sampling_len), 18);
 	cr_expect_eq(offsetof(struct pdc_request, pin_worker), 20);
 	cr_expect_eq(offsetof(struct pdc_request, pin_dp_rank), 24);
 	cr_expect_eq(offsetof(struct pdc_request, pin_prefill_worker), 28);
@@ -195,6 +220,16 @@ Test(frame, documented_example_is_what_the_encoder_writes)
 	cr_assert_eq(pdc_request_encode(buf, sizeof(buf), &a), (long)sizeof(doc));
 	for (size_t i = 0; i < sizeof(doc); i++)
 		cr_expect_eq(buf[i], doc[i], "byte %zu", i);
+	/* The second example: id 2, sampling parameters "{}" in what was padding. */
+	a.id = 2;
+	a.sampling = "{}";
+	a.sampling_len = 2;
+	cr_assert_eq(pdc_request_encode(buf, sizeof(buf), &a), (long)sizeof(doc));
+	for (size_t i = 0; i < sizeof(doc); i++) {
+		uint8_t want = i == 8 ? 2 : i == 34 ? 2 : i == 89 ? '{' : i == 90 ? '}' : doc[i];
+
+		cr_expect_eq(buf[i], want, "byte %zu of the second example", i);
+	}
 }
 
 Test(frame, request_round_trip_keeps_every_field)
@@ -226,9 +261,12 @@ Test(frame, request_round_trip_keeps_every_field)
 	cr_assert_eq(d.fixed.model_len, strlen(a.model));
 	cr_assert_eq(d.fixed.lora_len, strlen(a.lora));
 	cr_assert_eq(d.fixed.salt_len, strlen(a.cache_salt));
+	cr_assert_eq(d.fixed.sampling_len, 20);
 	cr_expect_eq(memcmp(d.model, a.model, d.fixed.model_len), 0);
 	cr_expect_eq(memcmp(d.lora, a.lora, d.fixed.lora_len), 0);
 	cr_expect_eq(memcmp(d.salt, a.cache_salt, d.fixed.salt_len), 0);
+	cr_expect_eq(d.sampling, (const uint8_t *)d.salt + d.fixed.salt_len);
+	cr_expect_eq(memcmp(d.sampling, sampling20, 20), 0);
 	cr_expect_eq((d.tokens - buf) % 4, 0);
 	cr_expect_eq(d.tokens + 4 * 8, buf + len);
 	for (uint32_t i = 0; i < 8; i++) {
@@ -271,6 +309,53 @@ Test(frame, request_strings_are_padded_with_zeros_to_four_bytes)
 			}
 }
 
+Test(frame, sampling_parameters_are_any_bytes_and_padded_with_the_strings)
+{
+	static uint8_t buf[BUF];
+	static const uint8_t blob[9] = {0, 0xFF, '{', 0, 0x80, '}', 1, 0, 0xFE};
+
+	for (uint32_t sl = 0; sl <= sizeof(blob); sl++) {
+		struct pdc_request_args a = min_args();
+		struct dp_frame_request d;
+		size_t len, used = 3 + sl;
+
+		a.model = "abc";
+		a.sampling = sl ? blob : NULL;
+		a.sampling_len = sl;
+		memset(buf, 0xEE, sizeof(buf));
+		len = encode(buf, &a);
+		cr_assert_eq(len, FIXED + ((used + 3) & ~(size_t)3) + 4, "%u bytes", sl);
+		for (size_t i = FIXED + used; i < len - 4; i++)
+			cr_assert_eq(buf[i], 0, "padding byte %zu after %u bytes", i, sl);
+		cr_assert_eq(decode_lim(buf, len, LIMIT, &d), 0, "%u bytes", sl);
+		cr_assert_eq(d.fixed.sampling_len, sl);
+		cr_assert_eq(d.sampling, (const uint8_t *)d.model + 3);
+		cr_assert_eq(memcmp(d.sampling, blob, sl), 0, "%u bytes", sl);
+		cr_assert_eq((d.tokens - buf) % 4, 0);
+		cr_assert_eq(memcmp(d.tokens, toks, 4), 0);
+	}
+}
+
+Test(frame, sampling_parameters_at_their_limit_round_trip)
+{
+	static uint8_t buf[BUF], blob[PDC_SAMPLING_MAX];
+	struct pdc_request_args a = full_args();
+	struct dp_frame_request d;
+	size_t len;
+
+	for (uint32_t i = 0; i < PDC_SAMPLING_MAX; i++)
+		blob[i] = (uint8_t)(i * 7 + i / 256);
+	a.sampling = blob;
+	a.sampling_len = PDC_SAMPLING_MAX;
+	len = encode(buf, &a);
+	cr_assert_eq(len, FIXED + 28 + PDC_SAMPLING_MAX + 4 * 8);
+	cr_assert_eq(decode_lim(buf, len, LIMIT, &d), 0);
+	cr_assert_eq(d.fixed.sampling_len, PDC_SAMPLING_MAX);
+	cr_assert_eq(memcmp(d.sampling, blob, PDC_SAMPLING_MAX), 0);
+	cr_assert_eq(memcmp(d.salt, "tenant-42", 9), 0, "the strings before it untouched");
+	cr_assert_eq(memcmp(d.tokens, toks, 4 * 8), 0, "the tokens after it untouched");
+}
+
 Test(frame, request_defaults_pin_no_worker_and_override_nothing)
 {
 	struct pdc_request r;
@@ -291,6 +376,7 @@ Test(frame, request_encode_refuses_out_of_range_args)
 {
 	static uint8_t buf[BUF];
 	static char longname[PDC_SALT_MAX + 2];
+	static uint8_t blob[PDC_SAMPLING_MAX + 1];
 	struct pdc_request_args a;
 
 	memset(longname, 'x', sizeof(longname) - 1);
@@ -313,6 +399,10 @@ Test(frame, request_encode_refuses_out_of_range_args)
 	REFUSED(a.flags = PDC_FLAGS_ALL + 1, -EINVAL);
 	REFUSED(a.flags = 1u << 31, -EINVAL);
 	REFUSED(a.ntokens = UINT32_MAX, -EINVAL); /* more than a 32-bit frame length holds */
+	REFUSED((a.sampling = blob, a.sampling_len = PDC_SAMPLING_MAX + 1), -EINVAL);
+	REFUSED((a.sampling = blob, a.sampling_len = PDC_SAMPLING_MAX), 16 + 72 + 4100 + 4);
+	REFUSED(a.sampling_len = 1, -EINVAL); /* counted, but no bytes given */
+	REFUSED((a.sampling = "\0", a.sampling_len = 1), 16 + 72 + 4 + 4);
 	REFUSED(a.flags = PDC_FLAGS_ALL, 16 + 72 + 4 + 4);
 #undef REFUSED
 	a = min_args();
@@ -332,7 +422,7 @@ Test(frame, request_encode_zeroes_reserved_bytes_and_takes_counts_from_args)
 	a.fixed.overlap_score_credit = a.fixed.prefill_load_scale = a.fixed.temperature = 0;
 	len = encode(buf, &a);
 	memcpy(&r, buf + HDR, sizeof(r));
-	cr_expect_eq(r.reserved, 0);
+	cr_expect_eq(r.sampling_len, 0);
 	cr_expect_eq(r.reserved2, 0);
 	cr_expect_eq(r.reserved3, 0);
 	cr_expect_eq(r.ntokens, 1);
@@ -474,7 +564,7 @@ Test(frame_fault, lying_ntokens_is_ebadmsg)
 Test(frame_fault, lying_string_lengths_are_ebadmsg)
 {
 	static uint8_t buf[BUF];
-	struct pdc_request_args a = full_args(); /* strings 10 + 9 + 9 = 28: no padding */
+	struct pdc_request_args a = full_args(); /* 10 + 9 + 9 + 20 sampling: no padding */
 	size_t len = encode(buf, &a);
 
 	SET_FIELD(buf, model_len, 11);
@@ -489,6 +579,49 @@ Test(frame_fault, lying_string_lengths_are_ebadmsg)
 	cr_expect_eq(decode(buf, len), -EBADMSG, "salt_len 65535");
 	SET_FIELD(buf, salt_len, 9);
 	cr_expect_eq(decode(buf, len), 0);
+}
+
+Test(frame_fault, lying_sampling_len_is_ebadmsg)
+{
+	static uint8_t buf[BUF];
+	struct pdc_request_args a = full_args(); /* 10 + 9 + 9 + 20 sampling: no padding */
+	size_t len = encode(buf, &a);
+	static const uint16_t lies[] = {
+	    21, 24, 16, 0, PDC_SAMPLING_MAX, PDC_SAMPLING_MAX + 1, UINT16_MAX};
+
+	for (size_t i = 0; i < sizeof(lies) / sizeof(lies[0]); i++) {
+		SET_FIELD(buf, sampling_len, lies[i]);
+		cr_expect_eq(decode(buf, len), -EBADMSG, "sampling_len %u", lies[i]);
+	}
+	SET_FIELD(buf, sampling_len, 20);
+	cr_expect_eq(decode(buf, len), 0);
+}
+
+Test(frame_fault, sampling_over_its_limit_is_einval_when_the_frame_adds_up)
+{
+	static uint8_t buf[BUF];
+	struct dp_frame_request d;
+	const char *why = NULL;
+	uint8_t *big;
+	size_t len;
+
+	len = raw_sampled(buf, PDC_SAMPLING_MAX + 1, 2);
+	cr_expect_eq(dp_frame_decode_request(buf, len, LIMIT, &d, &why), -EINVAL);
+	cr_expect(why && strstr(why, "sampling"), "why: %s", why ? why : "(none)");
+	big = malloc(FIXED + UINT16_MAX + 1 + 4);
+	cr_assert_not_null(big);
+	len = raw_sampled(big, UINT16_MAX, 1);
+	cr_expect_eq(decode(big, len), -EINVAL, "sampling_len 65535, all there");
+	free(big);
+	/* a frame shorter than its counts say is still malformed, over the limit or not */
+	len = raw_sampled(buf, PDC_SAMPLING_MAX + 1, 2);
+	SET_FIELD(buf, sampling_len, PDC_SAMPLING_MAX + 5);
+	cr_expect_eq(decode(buf, len), -EBADMSG);
+	len = raw_sampled(buf, PDC_SAMPLING_MAX, 2);
+	cr_expect_eq(decode_lim(buf, len, LIMIT, &d), 0, "at the limit");
+	cr_expect_eq(d.fixed.sampling_len, PDC_SAMPLING_MAX);
+	cr_expect_eq(d.sampling[0], 0xA7);
+	cr_expect_eq(d.sampling[PDC_SAMPLING_MAX - 1], 0xA7);
 }
 
 Test(frame_fault, strings_over_their_limits_are_ebadmsg_even_when_lengths_add_up)
@@ -1353,6 +1486,8 @@ static struct pdc_request_args py_case(int k)
 		a.id = 3;
 		a.model = "m-\xc3\xbc";
 		a.cache_salt = "s";
+		a.sampling = "\0\001\377"; /* any bytes */
+		a.sampling_len = 3;
 		a.flags = PDC_PEEK;
 		a.fixed.override_set = PDC_OV_TEMPERATURE;
 		a.fixed.temperature = 2.0;

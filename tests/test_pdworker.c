@@ -326,7 +326,7 @@ static void put(struct fx *f, struct shm_lane_request *req, const char *params)
 	for (uint32_t i = 0; i < 40; i++)
 		prompt[i] = 500 + i;
 	req->ntokens = 40;
-	cr_assert_eq(shm_lane_put_request(&conn->peer->mbox.req[0], req, prompt, params), 0);
+	cr_assert_eq(shm_lane_put_request(&conn->peer->mbox.req[0], req, prompt, NULL, params), 0);
 	shm_ring_publish(&conn->peer->mbox.req[0]);
 	shm_mbox_ring_doorbell(&conn->peer->mbox);
 }

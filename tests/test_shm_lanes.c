@@ -1,7 +1,8 @@
 /*
  * Mailbox lanes (shm/lanes.h) between a router and a worker using libpdworker: requests of
- * every mode reach the worker whole, cancels too; every kind of answer reaches the router and
- * checks out; each side refuses what the other must not send, and neither reads past a record.
+ * every mode reach the worker whole (tokens, sampling parameters, params), cancels too; every
+ * kind of answer reaches the router and checks out; each side refuses what the other must not
+ * send, and neither reads past a record.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -39,9 +40,10 @@ static void fx_close(struct fx *f)
 }
 
 static void put(struct fx *f, uint32_t lane, const struct shm_lane_request *req,
-		const void *params)
+		const void *sampling, const void *params)
 {
-	cr_assert_eq(shm_lane_put_request(&f->router.req[lane], req, f->tokens, params), 0);
+	cr_assert_eq(shm_lane_put_request(&f->router.req[lane], req, f->tokens, sampling, params),
+		     0);
 	shm_ring_publish(&f->router.req[lane]);
 }
 
@@ -67,12 +69,13 @@ Test(shm_lanes, request_reaches_the_worker_whole_on_its_lane)
 
 	fx_open(&f, 8192);
 	cr_assert_eq(pdw_poll(&f.w, &r), -EAGAIN);
-	put(&f, 1, &req, NULL);
+	put(&f, 1, &req, NULL, NULL);
 	cr_assert_eq(pdw_poll(&f.w, &r), 0);
 	cr_assert_eq(r.lane, 1);
 	cr_assert_not(r.cancel);
 	cr_assert_eq(memcmp(&r.req, &req, sizeof(req)), 0);
 	cr_assert_eq(memcmp(r.tokens, f.tokens, 257 * 4), 0);
+	cr_assert_eq(r.req.nsampling, 0);
 	pdw_done_with(&f.w, &r);
 	cr_assert_eq(pdw_poll(&f.w, &r), -EAGAIN);
 	fx_close(&f);
@@ -90,7 +93,7 @@ Test(shm_lanes, decode_request_carries_the_prefill_params_and_cancel_arrives)
 	int err;
 
 	fx_open(&f, 4096);
-	put(&f, 0, &req, "nixl-params!!");
+	put(&f, 0, &req, NULL, "nixl-params!!");
 	cr_assert_eq(pdw_poll(&f.w, &r), 0);
 	cr_assert_eq(r.req.prefill_worker, 4);
 	cr_assert_eq(r.req.room_id, 77);
@@ -103,6 +106,91 @@ Test(shm_lanes, decode_request_carries_the_prefill_params_and_cancel_arrives)
 	cr_assert_eq(pdw_poll(&f.w, &r), 0);
 	cr_assert(r.cancel);
 	cr_assert_eq(r.req.request_id, 9);
+	pdw_done_with(&f.w, &r);
+	fx_close(&f);
+}
+
+Test(shm_lanes, request_layout_is_the_documented_one)
+{
+	/* shm/lanes.h: fixed part, tokens and sampling each padded to 8, params last. */
+	cr_expect_eq(sizeof(struct shm_lane_request), 48);
+	cr_expect_eq(offsetof(struct shm_lane_request, nsampling), 40);
+	cr_expect_eq(offsetof(struct shm_lane_request, reserved), 44);
+	cr_expect_eq(shm_lane_request_bytes(1, 0, 0), 48 + 8);
+	cr_expect_eq(shm_lane_request_bytes(2, 0, 0), 48 + 8);
+	cr_expect_eq(shm_lane_request_bytes(3, 1, 0), 48 + 16 + 8);
+	cr_expect_eq(shm_lane_request_bytes(3, 8, 5), 48 + 16 + 8 + 5);
+	cr_expect_eq(shm_lane_request_bytes(3, 9, 5), 48 + 16 + 16 + 5);
+	cr_expect_eq(
+	    shm_lane_request_bytes(SHM_LANE_MAX_TOKENS, SHM_LANE_MAX_SAMPLING, SHM_LANE_MAX_PARAMS),
+	    48 + 4ull * SHM_LANE_MAX_TOKENS + SHM_LANE_MAX_SAMPLING + SHM_LANE_MAX_PARAMS);
+}
+
+/* Bytes of sampling parameters that are never 0, and differ from one request to the next. */
+static void sampling_pattern(uint8_t *p, uint32_t n, uint32_t seed)
+{
+	for (uint32_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(1 + (i * 37 + seed * 11) % 255);
+}
+
+Test(shm_lanes, sampling_parameters_reach_the_worker_byte_exact_in_every_mode)
+{
+	static const uint32_t counts[] = {1, 7, 8, 9, 100, SHM_LANE_MAX_SAMPLING};
+	static uint8_t want[SHM_LANE_MAX_SAMPLING];
+	struct pdw_request r;
+	uint32_t seed = 0;
+	struct fx f;
+
+	fx_open(&f, 16384); /* small: the records wrap over the bytes of earlier ones */
+	for (uint32_t mode = SHM_LANE_AGGREGATED; mode <= SHM_LANE_DECODE; mode++)
+		for (uint32_t nt = 1; nt <= 3; nt++)
+			for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++, seed++) {
+				struct shm_lane_request req = {.request_id = seed,
+							       .mode = mode,
+							       .ntokens = nt,
+							       .max_tokens = 4,
+							       .nsampling = counts[k],
+							       .nparams =
+								   mode == SHM_LANE_DECODE ? 5 : 0};
+				const uint8_t *t, *pad;
+				uint64_t at = shm_lane_pad8(4ull * nt);
+
+				sampling_pattern(want, counts[k], seed);
+				put(&f, 0, &req, want, req.nparams ? "kvxfr" : NULL);
+				cr_assert_eq(pdw_poll(&f.w, &r), 0);
+				cr_assert_eq(r.req.request_id, seed);
+				cr_assert_eq(r.req.nsampling, counts[k]);
+				cr_assert_eq(memcmp(r.tokens, f.tokens, 4 * nt), 0);
+				t = (const uint8_t *)r.tokens;
+				cr_assert_eq(r.sampling, t + at, "sampling after the tokens' pad");
+				cr_assert_eq((uintptr_t)r.sampling % 8, 0);
+				cr_assert_eq(memcmp(r.sampling, want, counts[k]), 0,
+					     "mode %u ntokens %u nsampling %u", mode, nt,
+					     counts[k]);
+				for (pad = t + 4 * nt; pad < r.sampling; pad++)
+					cr_assert_eq(*pad, 0, "padding after the tokens");
+				pad = r.sampling + counts[k];
+				for (; pad < r.sampling + shm_lane_pad8(counts[k]); pad++)
+					cr_assert_eq(*pad, 0, "padding after the sampling");
+				if (req.nparams)
+					cr_assert_eq(memcmp(pad, "kvxfr", 5), 0);
+				pdw_done_with(&f.w, &r);
+			}
+	fx_close(&f);
+}
+
+Test(shm_lanes, router_writes_the_reserved_field_as_zero)
+{
+	struct shm_lane_request req = {
+	    .request_id = 3, .ntokens = 1, .max_tokens = 1, .nsampling = 2, .reserved = 0xDEAD};
+	struct pdw_request r;
+	struct fx f;
+
+	fx_open(&f, 4096);
+	put(&f, 0, &req, "{}", NULL);
+	cr_assert_eq(pdw_poll(&f.w, &r), 0);
+	cr_assert_eq(r.req.reserved, 0);
+	cr_assert_eq(memcmp(r.sampling, "{}", 2), 0);
 	pdw_done_with(&f.w, &r);
 	fx_close(&f);
 }
@@ -138,18 +226,26 @@ Test(shm_lanes, router_refuses_requests_it_must_not_send)
 	struct fx f;
 
 	fx_open(&f, 4096);
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, "abcd"), -EINVAL,
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, "abcd"), -EINVAL,
 		     "params only go with decode mode");
 	req.nparams = 0;
 	req.ntokens = 0;
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), -EINVAL);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), -EINVAL);
+	req.ntokens = 4;
+	req.nsampling = 3;
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), -EINVAL,
+		     "sampling bytes counted but not given");
+	req.nsampling = SHM_LANE_MAX_SAMPLING + 1;
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, f.tokens, NULL),
+		     -EINVAL, "sampling parameters over their limit");
+	req.nsampling = 0;
 	req.ntokens = 2000; /* 8 KB: more than the 4 KB ring */
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), -E2BIG);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), -E2BIG);
 	req.ntokens = 300;
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), 0);
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), 0);
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), 0);
-	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL), -ENOBUFS);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), 0);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), 0);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), 0);
+	cr_assert_eq(shm_lane_put_request(&f.router.req[0], &req, f.tokens, NULL, NULL), -ENOBUFS);
 	fx_close(&f);
 }
 
@@ -183,6 +279,58 @@ Test(shm_lanes, worker_gives_up_a_lane_with_a_lying_request)
 	fx_open(&f, 4096);
 	p = shm_ring_reserve(&f.router.req[0], SHM_LANE_REQUEST, 0, sizeof(req) + 36, &err);
 	memcpy(p, &req, sizeof(req)); /* 10 tokens need 40 bytes, the record has 36 */
+	shm_ring_commit(&f.router.req[0]);
+	shm_ring_publish(&f.router.req[0]);
+	cr_assert_eq(pdw_poll(&f.w, &r), -EBADMSG);
+	fx_close(&f);
+}
+
+/* A REQUEST record with the fixed part @q and room for what @len says, written by hand. */
+static int check_raw(const struct shm_lane_request *q, uint32_t len)
+{
+	static uint8_t rec[8192];
+	struct shm_lane_request_view v;
+
+	memset(rec, 0x5A, sizeof(rec));
+	memcpy(rec, q, sizeof(*q));
+	return shm_lane_check_request(rec, len, &v);
+}
+
+Test(shm_lanes, worker_check_refuses_lying_or_oversized_sampling)
+{
+	struct shm_lane_request q = {
+	    .request_id = 1, .ntokens = 2, .max_tokens = 1, .nsampling = 3};
+	uint32_t len = (uint32_t)shm_lane_request_bytes(2, 3, 0);
+
+	cr_assert_eq(check_raw(&q, len), 0);
+	cr_assert_eq(check_raw(&q, len + 1), -EBADMSG);
+	cr_assert_eq(check_raw(&q, len - 1), -EBADMSG);
+	q.nsampling = 9; /* a second padded word the record does not have */
+	cr_assert_eq(check_raw(&q, len), -EBADMSG);
+	q.nsampling = SHM_LANE_MAX_SAMPLING;
+	cr_assert_eq(check_raw(&q, (uint32_t)shm_lane_request_bytes(2, q.nsampling, 0)), 0);
+	q.nsampling = SHM_LANE_MAX_SAMPLING + 1; /* over the limit, though the length adds up */
+	cr_assert_eq(check_raw(&q, (uint32_t)shm_lane_request_bytes(2, q.nsampling, 0)), -EBADMSG);
+	q.nsampling = UINT32_MAX;
+	cr_assert_eq(check_raw(&q, len), -EBADMSG);
+	q.nsampling = 3;
+	q.reserved = 1;
+	cr_assert_eq(check_raw(&q, len), -EBADMSG, "reserved must be 0");
+}
+
+Test(shm_lanes, worker_gives_up_a_lane_with_lying_sampling_counts)
+{
+	struct shm_lane_request req = {
+	    .request_id = 1, .ntokens = 2, .max_tokens = 1, .nsampling = 20};
+	struct pdw_request r;
+	struct fx f;
+	uint8_t *p;
+	int err;
+
+	fx_open(&f, 4096);
+	p = shm_ring_reserve(&f.router.req[0], SHM_LANE_REQUEST, 0, 48 + 8 + 16, &err);
+	memset(p, 0, 48 + 8 + 16);
+	memcpy(p, &req, sizeof(req)); /* 20 sampling bytes need 24, the record has 16 */
 	shm_ring_commit(&f.router.req[0]);
 	shm_ring_publish(&f.router.req[0]);
 	cr_assert_eq(pdw_poll(&f.w, &r), -EBADMSG);

@@ -169,6 +169,12 @@ static void other_version(struct shm_mbox_header *h)
 	h->version = SHM_MBOX_VERSION + 1;
 }
 
+/* Version 1 lane requests have no sampling parameters: a mailbox of that layout is not ours. */
+static void version_1(struct shm_mbox_header *h)
+{
+	h->version = 1;
+}
+
 static void more_lanes(struct shm_mbox_header *h)
 {
 	h->lanes = 4; /* the file has room for 3 */
@@ -206,6 +212,7 @@ Test(shm_mailbox, worker_refuses_a_header_that_lies)
 {
 	assert_attach_refused(bad_magic, -EBADMSG);
 	assert_attach_refused(other_version, -EPROTONOSUPPORT);
+	assert_attach_refused(version_1, -EPROTONOSUPPORT);
 	assert_attach_refused(more_lanes, -EBADMSG);
 	assert_attach_refused(bigger_rings, -EBADMSG);
 	assert_attach_refused(odd_ring, -EBADMSG);

@@ -17,6 +17,7 @@ next(), and OSError from the socket.
 
 import array
 import errno
+import json
 import select
 import socket
 import struct
@@ -28,6 +29,7 @@ VERSION = 1
 FRAME_MAX = 4 << 20  # the router's default frame limit
 NAME_MAX = 255  # model, LoRA
 SALT_MAX = 1024  # cache salt
+SAMPLING_MAX = 4096  # sampling parameters, handed to the worker as they are
 ERROR_MAX = 256  # bytes of an error message
 NO_WORKER = 0xFFFFFFFF
 
@@ -47,7 +49,7 @@ OVERRIDES = {
 }
 
 _HDR = struct.Struct("<IHBBQ")
-# struct pdc_request; the reserved fields (after salt_len, kv_reuse/prefill_tokens) are zeros.
+# struct pdc_request; the reserved fields (after kv_reuse/prefill_tokens) are zeros.
 _REQUEST = struct.Struct("<IIIHHHHIIIIIBBHIddd")
 _ROUTED = struct.Struct("<IIIIII")
 _TOKENS = struct.Struct("<II")
@@ -119,6 +121,21 @@ def _bytes(s, what, limit):
     return b
 
 
+def _sampling(sampling):
+    """The sampling parameters as bytes: a dict (or list) as compact JSON, str as UTF-8."""
+    if sampling is None:
+        return b""
+    if isinstance(sampling, (dict, list)):
+        b = json.dumps(sampling, separators=(",", ":")).encode()
+    elif isinstance(sampling, str):
+        b = sampling.encode()
+    else:
+        b = bytes(memoryview(sampling))  # not bytes(n), which would be n zeros
+    if len(b) > SAMPLING_MAX:
+        raise ValueError(f"sampling is {len(b)} bytes, more than {SAMPLING_MAX}")
+    return b
+
+
 def _u32(v, what):
     v = int(v)
     if not 0 <= v <= 0xFFFFFFFF:
@@ -162,18 +179,22 @@ def _token_bytes(tokens):
 def encode_request(id, model, tokens, max_tokens, stream=False, peek=False,
                    enforce_disagg=False, lora=None, cache_salt=None, pin_worker=None,
                    pin_dp_rank=0, pin_prefill_worker=None, pin_prefill_dp_rank=0,
-                   overrides=None):
+                   overrides=None, sampling=None):
     """The REQUEST frame, byte for byte what pdc_request_encode() writes for the same request.
 
     model, lora, cache_salt: str (UTF-8) or bytes, without NUL; pin_worker and
     pin_prefill_worker: a worker id or None; overrides: a dict of the names in OVERRIDES (the
-    router checks their ranges). Raises ValueError for a value out of range.
+    router checks their ranges); sampling: the sampling parameters every worker serving the
+    request gets as they are, bytes (any, up to SAMPLING_MAX), str (UTF-8) or a dict encoded
+    as compact JSON, e.g. {"temperature": 0.7, "top_p": 0.9}. Raises ValueError for a value
+    out of range.
     """
     if not 0 <= int(id) <= 0xFFFFFFFFFFFFFFFF:
         raise ValueError(f"request id {id} is not a 64-bit unsigned value")
     m = _bytes(model, "model", NAME_MAX)
     lo = _bytes(lora, "lora", NAME_MAX)
     salt = _bytes(cache_salt, "cache_salt", SALT_MAX)
+    samp = _sampling(sampling)
     toks = _token_bytes(tokens)
     ntokens = len(toks) // 4
     if not m:
@@ -184,14 +205,14 @@ def encode_request(id, model, tokens, max_tokens, stream=False, peek=False,
         raise ValueError("max_tokens must be at least 1")
     flags = (STREAM if stream else 0) | (PEEK if peek else 0)
     flags |= ENFORCE_DISAGG if enforce_disagg else 0
-    strings = m + lo + salt
+    strings = m + lo + salt + samp
     pad = -len(strings) % 4
     total = _HDR.size + _REQUEST.size + len(strings) + pad + len(toks)
     if total > 0xFFFFFFFF:
         raise ValueError("the request does not fit a frame")
     ov = _overrides(overrides)
     fixed = _REQUEST.pack(
-        ntokens, max_tokens, flags, len(m), len(lo), len(salt), 0,
+        ntokens, max_tokens, flags, len(m), len(lo), len(salt), len(samp),
         NO_WORKER if pin_worker is None else _u32(pin_worker, "pin_worker"),
         _u32(pin_dp_rank, "pin_dp_rank"),
         NO_WORKER if pin_prefill_worker is None else _u32(pin_prefill_worker, "pin_prefill_worker"),
@@ -287,14 +308,14 @@ class Client:
 
     def send(self, id, model, tokens, max_tokens, stream=False, peek=False,
              enforce_disagg=False, lora=None, cache_salt=None, pin_worker=None, pin_dp_rank=0,
-             pin_prefill_worker=None, pin_prefill_dp_rank=0, overrides=None):
+             pin_prefill_worker=None, pin_prefill_dp_rank=0, overrides=None, sampling=None):
         """Send a REQUEST (arguments as encode_request()); its answers come from next()."""
         self._sock.sendall(encode_request(
             id, model, tokens, max_tokens, stream=stream, peek=peek,
             enforce_disagg=enforce_disagg, lora=lora, cache_salt=cache_salt,
             pin_worker=pin_worker, pin_dp_rank=pin_dp_rank,
             pin_prefill_worker=pin_prefill_worker, pin_prefill_dp_rank=pin_prefill_dp_rank,
-            overrides=overrides))
+            overrides=overrides, sampling=sampling))
 
     def cancel(self, id):
         """Send a CANCEL; the router answers DONE with FINISH_CANCELLED, or nothing for an id

@@ -7,11 +7,12 @@
  *    limit and a small one;
  *  - dp_frame_decode_request() returns anything but 0, -EBADMSG, -EINVAL or -E2BIG, an error
  *    without a reason, or a different answer under a lower prompt limit than -E2BIG where the
- *    prompt is over it; or decodes a request whose strings or tokens lie outside the frame, whose
- *    token count does not match the frame's length, whose tokens are not 4-byte aligned in the
- *    frame, or whose counts, flags and overrides are out of range; or one that does not encode
- *    back (pdc_request_encode()) to the same bytes, up to the header's length and type and the
- *    bytes the decoder ignores (reserved fields, the padding after the strings);
+ *    prompt is over it; or decodes a request whose strings, sampling parameters or tokens lie
+ *    outside the frame or elsewhere than one after the other, whose token count does not match
+ *    the frame's length, whose tokens are not 4-byte aligned in the frame, or whose counts,
+ *    flags and overrides are out of range; or one that does not encode back
+ *    (pdc_request_encode()) to the same bytes, up to the header's length and type and the bytes
+ *    the decoder ignores (reserved fields, the padding after the sampling parameters);
  *  - pdc_event_decode() accepts what a plain reference of the answer rules refuses or the other
  *    way round, or hands out a token array or message that is not exactly the rest of the frame.
  * Every byte a decoder points at is read, and the input ends its heap block, so that a read
@@ -21,7 +22,8 @@
  *  - fuzz_frame, a meson test in suite 'fuzz': main() below runs a fixed, seeded number of
  *    inputs (default 200,000): REQUEST frames pdc_request_encode() wrote from random fields,
  *    and ROUTED, TOKENS, DONE, ERROR and CANCEL frames, mutated (bit flips, truncation, the
- *    header's fields, the counts, the overrides, NULs in the strings, bytes appended) or not; a
+ *    header's fields, the counts, the overrides, NULs in the strings or sampling parameters,
+ *    bytes appended) or not; a
  *    frame left whole must decode (a request over the prompt limit, to -E2BIG).
  *    `fuzz_frame [-n INPUTS] [-s SEED] [FILE...]` runs FILE... instead (a crash to replay).
  *  - fuzz_frame_libfuzzer, with clang's libFuzzer only (not built by default, not a test):
@@ -54,6 +56,8 @@ const char t_fuzz_name[] = "fuzz_frame";
 #define SMALL_MAX 256u /* a second frame limit for dp_frame_length() */
 #define PROMPT_MAX 48u /* the decoder's prompt limit: under what requests are built with */
 #define PROMPT_LOW 8u  /* and a lower one */
+/* A REQUEST's bytes before its tokens, at their longest. */
+#define HEAD_MAX (FIXED + 2 * PDC_NAME_MAX + PDC_SALT_MAX + PDC_SAMPLING_MAX + 3)
 
 enum { O_LEN_OK, O_REQ_OK, O_REQ_BADMSG, O_REQ_INVAL, O_REQ_2BIG, O_EV_OK, O_EV_BAD, O_N };
 
@@ -119,7 +123,7 @@ static bool override_ok(double v)
 static void check_reencode(const struct dp_frame_request *d, const uint8_t *p, size_t n)
 {
 	static char model[PDC_NAME_MAX + 1], lora[PDC_NAME_MAX + 1], salt[PDC_SALT_MAX + 1];
-	static uint8_t want[FIXED + 2048], *out;
+	static uint8_t want[HEAD_MAX], *out;
 	static uint32_t *tokens;
 	static size_t out_cap;
 	const struct pdc_request *r = &d->fixed;
@@ -127,11 +131,14 @@ static void check_reencode(const struct dp_frame_request *d, const uint8_t *p, s
 				     .model = model,
 				     .lora = lora,
 				     .cache_salt = salt,
+				     .sampling = d->sampling, /* any bytes: copied as they are */
+				     .sampling_len = r->sampling_len,
 				     .ntokens = r->ntokens,
 				     .max_tokens = r->max_tokens,
 				     .flags = r->flags,
 				     .fixed = *r};
 	size_t head = (size_t)(d->tokens - p);
+	size_t used = FIXED + r->model_len + r->lora_len + r->salt_len + r->sampling_len;
 	long len;
 
 	if (n > out_cap) {
@@ -159,11 +166,9 @@ static void check_reencode(const struct dp_frame_request *d, const uint8_t *p, s
 	 * bytes zeroed. */
 	memcpy(want, p, head);
 	dp_frame_header(want, PDC_REQUEST, d->id, (uint32_t)n);
-	memset(want + HDR + offsetof(struct pdc_request, reserved), 0, 2);
 	memset(want + HDR + offsetof(struct pdc_request, reserved2), 0, 2);
 	memset(want + HDR + offsetof(struct pdc_request, reserved3), 0, 4);
-	memset(want + FIXED + r->model_len + r->lora_len + r->salt_len, 0,
-	       head - FIXED - r->model_len - r->lora_len - r->salt_len);
+	memset(want + used, 0, head - used);
 	if (memcmp(out, want, head) || memcmp(out + head, p + head, n - head))
 		t_fuzz_fail("a request decoded from %zu bytes encodes back to other bytes", n);
 }
@@ -175,16 +180,18 @@ static void check_request(const struct dp_frame_request *d, const uint8_t *p, si
 	size_t strings = (size_t)r->model_len + r->lora_len + r->salt_len;
 
 	if (d->model != (const char *)p + FIXED || d->lora != d->model + r->model_len ||
-	    d->salt != d->lora + r->lora_len)
+	    d->salt != d->lora + r->lora_len ||
+	    d->sampling != (const uint8_t *)d->salt + r->salt_len)
 		t_fuzz_fail("the strings are not where the frame has them");
-	if (!in_frame(d->model, strings, p, n) ||
+	if (!in_frame(d->model, strings, p, n) || !in_frame(d->sampling, r->sampling_len, p, n) ||
 	    !in_frame(d->tokens, 4 * (size_t)r->ntokens, p, n))
 		t_fuzz_fail("a pointer past the frame");
 	if (d->tokens + 4 * (size_t)r->ntokens != p + n || (d->tokens - p) % 4 ||
-	    (size_t)(d->tokens - p) != FIXED + ((strings + 3) & ~(size_t)3))
+	    (size_t)(d->tokens - p) != FIXED + ((strings + r->sampling_len + 3) & ~(size_t)3))
 		t_fuzz_fail("%u tokens do not end the frame of %zu bytes", r->ntokens, n);
 	if (!r->model_len || r->model_len > PDC_NAME_MAX || r->lora_len > PDC_NAME_MAX ||
-	    r->salt_len > PDC_SALT_MAX || memchr(d->model, 0, strings))
+	    r->salt_len > PDC_SALT_MAX || r->sampling_len > PDC_SAMPLING_MAX ||
+	    memchr(d->model, 0, strings))
 		t_fuzz_fail("a string out of range decoded");
 	if (!r->ntokens || r->ntokens > PROMPT_MAX || !r->max_tokens ||
 	    (r->flags & ~PDC_FLAGS_ALL) || (r->override_set & ~PDC_OV_ALL) || r->kv_reuse > 1 ||
@@ -192,6 +199,7 @@ static void check_request(const struct dp_frame_request *d, const uint8_t *p, si
 	    !override_ok(r->prefill_load_scale) || !override_ok(r->temperature))
 		t_fuzz_fail("a count, flag or override out of range decoded");
 	touch(d->model, strings);
+	touch(d->sampling, r->sampling_len);
 	touch(d->tokens, 4 * (size_t)r->ntokens);
 	check_reencode(d, p, n);
 }
@@ -288,7 +296,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* ---- The replay driver: frames a client or router wrote, then mutated; for meson test. ---- */
 
-#define BUF (FIXED + 2 * PDC_NAME_MAX + PDC_SALT_MAX + 3 + 4 * 64 + 64)
+#define BUF (HEAD_MAX + 4 * 64 + 64)
 #define MAX_TOKENS 64u
 
 static struct t_rng rng;
@@ -326,9 +334,20 @@ static double random_override(void)
 	return v[t_rng_below(&rng, sizeof(v) / sizeof(v[0]))];
 }
 
+/* Sampling parameters: none, a few bytes, or the most a frame may carry; any byte, NUL too. */
+static uint32_t random_sampling(uint8_t *dst)
+{
+	uint32_t n = t_rng_chance(&rng, 50) ? 0 : string_len(PDC_SAMPLING_MAX);
+
+	for (uint32_t i = 0; i < n; i++)
+		dst[i] = (uint8_t)t_rng_next(&rng);
+	return n;
+}
+
 static void generate_request(struct input *in)
 {
 	static char model[PDC_NAME_MAX + 1], lora[PDC_NAME_MAX + 1], salt[PDC_SALT_MAX + 1];
+	static uint8_t sampling[PDC_SAMPLING_MAX];
 	static uint32_t tokens[MAX_TOKENS];
 	uint32_t ml = string_len(PDC_NAME_MAX);
 	struct pdc_request_args a = {
@@ -344,6 +363,8 @@ static void generate_request(struct input *in)
 	};
 	long len;
 
+	a.sampling = sampling;
+	a.sampling_len = random_sampling(sampling);
 	pdc_request_defaults(&a.fixed);
 	if (t_rng_chance(&rng, 30)) {
 		a.fixed.pin_worker = t_rng_below(&rng, 64);
@@ -431,6 +452,7 @@ static uint32_t interesting32(uint32_t old)
 				     16,	 17,
 				     255,	 256,
 				     1024,	 1025,
+				     4096,	 4097,
 				     PROMPT_LOW, PROMPT_LOW + 1,
 				     PROMPT_MAX, PROMPT_MAX + 1,
 				     0x3FFFFFFF, 0x40000000,
@@ -453,7 +475,8 @@ static void mutate_request_field(struct input *in)
 {
 	static const double odd[] = {-1.0, -1e-300, NAN, -NAN, INFINITY, -INFINITY, 0.0, -0.0};
 	static const size_t u32s[] = {REQ(ntokens), REQ(max_tokens), REQ(flags), REQ(override_set)};
-	static const size_t u16s[] = {REQ(model_len), REQ(lora_len), REQ(salt_len), REQ(reserved)};
+	static const size_t u16s[] = {REQ(model_len), REQ(lora_len), REQ(salt_len),
+				      REQ(sampling_len)};
 	static const size_t dbls[] = {REQ(overlap_score_credit), REQ(prefill_load_scale),
 				      REQ(temperature)};
 	uint32_t k = t_rng_below(&rng, 5);
@@ -477,7 +500,7 @@ static void mutate_request_field(struct input *in)
 		put64(in, dbls[t_rng_below(&rng, 3)], bits);
 	} else if (k == 3 && in->len > REQ(kv_reuse) + 1) {
 		in->buf[REQ(kv_reuse) + t_rng_below(&rng, 2)] = (uint8_t)t_rng_below(&rng, 4);
-	} else if (in->len > FIXED) { /* a NUL among the strings or the padding */
+	} else if (in->len > FIXED) { /* a NUL among the strings, the sampling or the padding */
 		in->buf[FIXED + t_rng_below(&rng, (uint32_t)(in->len - FIXED))] = 0;
 	}
 }

@@ -3,13 +3,14 @@
  * (shm/worker.c), which decode records a hostile peer wrote. It proves that:
  *  - shm_lane_check_request() and shm_lane_check_answer() accept exactly what a plain reference
  *    of the rules accepts, and that what they accept has its pointers and counts inside the
- *    record: every token, param and message byte is read, and the record ends its own heap
- *    block, so a read past it is an AddressSanitizer error;
+ *    record: every token, sampling, param and message byte is read, and the record ends its
+ *    own heap block, so a read past it is an AddressSanitizer error;
  *  - pdw_poll() on a lane ring the "router" fills (a real producer writing requests, cancels,
  *    near-misses and raw records, publishing in steps, sometimes scribbling on the data or the
- *    head) returns only 0, -EAGAIN or -EBADMSG and hands over requests whose tokens and params
- *    lie inside the ring's data; while nothing was scribbled, it returns exactly the records
- *    written, in order and intact, -EBADMSG for a bad one, and skips unknown types.
+ *    head) returns only 0, -EAGAIN or -EBADMSG and hands over requests whose tokens, sampling
+ *    parameters and params lie inside the ring's data; while nothing was scribbled, it returns
+ *    exactly the records written, in order and intact, -EBADMSG for a bad one, and skips
+ *    unknown types.
  * The input: byte 0 picks the mode (bits 0-1: 0 the request checker, 1 the answer checker for
  * type answer_types[bits 2-4], 2 or 3 the ring); the rest is the record, or for the ring a start
  * index and operations (run_ring()).
@@ -49,7 +50,8 @@ enum { O_REQ_OK, O_REQ_BAD, O_ANS_OK, O_ANS_BAD, O_POLL_REQ, O_POLL_CANCEL, O_PO
 static const uint16_t answer_types[8] = {SHM_LANE_TOKENS, SHM_LANE_PREFILLED, SHM_LANE_DONE,
 					 SHM_LANE_ERROR, SHM_LANE_REQUEST, SHM_LANE_CANCEL, 0,
 					 0xFFFF};
-static const uint8_t req_fields[3] = {8, 12, 20}; /* mode, ntokens, nparams */
+/* A request's mode, ntokens, nparams, nsampling and reserved. */
+static const uint8_t req_fields[5] = {8, 12, 20, 40, 44};
 static const uint32_t odd32[] = {0, 1, 2, 3, 4, 7, 8, 31, 32, 33, 256, 257, 4096, 4097, 0x10000,
 				 0x10001, 1u << 20, (1u << 20) + 1, 0x3FFFFFFF, 0x40000000,
 				 0x7FFFFFFF, 0x80000000, 0xFFFFFFF8, 0xFFFFFFFF};
@@ -70,11 +72,13 @@ static uint32_t rd32(const uint8_t *p, size_t at)
 
 static bool ref_request(const uint8_t *p, uint64_t len)
 {
-	uint64_t mode = len >= 40 ? rd32(p, 8) : 0, ntok = len >= 40 ? rd32(p, 12) : 0;
-	uint64_t npar = len >= 40 ? rd32(p, 20) : 0;
+	uint64_t mode = len >= 48 ? rd32(p, 8) : 0, ntok = len >= 48 ? rd32(p, 12) : 0;
+	uint64_t npar = len >= 48 ? rd32(p, 20) : 0, nsamp = len >= 48 ? rd32(p, 40) : 0;
+	uint64_t reserved = len >= 48 ? rd32(p, 44) : 0;
 
-	return len >= 40 && ntok >= 1 && ntok <= 1u << 20 && npar <= 1u << 16 && mode <= 2 &&
-	       (!npar || mode == 2) && len == 40 + (4 * ntok + 7) / 8 * 8 + npar;
+	return len >= 48 && ntok >= 1 && ntok <= 1u << 20 && npar <= 1u << 16 && mode <= 2 &&
+	       (!npar || mode == 2) && nsamp <= 4096 && !reserved &&
+	       len == 48 + (4 * ntok + 7) / 8 * 8 + (nsamp + 7) / 8 * 8 + npar;
 }
 
 /* Bytes of data after the 16-byte fixed part of a valid answer, or -1 for an invalid one. */
@@ -98,24 +102,32 @@ static int64_t ref_answer(uint16_t type, const uint8_t *p, uint64_t len)
 
 /* ---- The checkers, on a record that ends its heap block. ---- */
 
-/* A request handed over: counts in range, tokens then params inside [lo, hi), all read. */
+/* A request handed over: counts in range, tokens, sampling then params inside [lo, hi), in
+ * that order and apart, all read. */
 static void check_inside(const struct shm_lane_request *q, const uint32_t *tokens,
-			 const uint8_t *params, const uint8_t *lo, const uint8_t *hi)
+			 const uint8_t *sampling, const uint8_t *params, const uint8_t *lo,
+			 const uint8_t *hi)
 {
-	uintptr_t t = (uintptr_t)tokens, pa = (uintptr_t)params, l = (uintptr_t)lo;
-	uintptr_t h = (uintptr_t)hi;
+	uintptr_t t = (uintptr_t)tokens, sa = (uintptr_t)sampling, pa = (uintptr_t)params;
+	uintptr_t l = (uintptr_t)lo, h = (uintptr_t)hi;
 	uint32_t x = 0;
 
 	if (!q->ntokens || q->ntokens > SHM_LANE_MAX_TOKENS || q->nparams > SHM_LANE_MAX_PARAMS ||
-	    q->mode > SHM_LANE_DECODE || (q->nparams && q->mode != SHM_LANE_DECODE))
-		t_fuzz_fail("accepted mode %u, %u tokens, %u params", q->mode, q->ntokens,
-			    q->nparams);
+	    q->mode > SHM_LANE_DECODE || (q->nparams && q->mode != SHM_LANE_DECODE) ||
+	    q->nsampling > SHM_LANE_MAX_SAMPLING || q->reserved)
+		t_fuzz_fail("accepted mode %u, %u tokens, %u sampling, %u params, reserved %u",
+			    q->mode, q->ntokens, q->nsampling, q->nparams, q->reserved);
 	if (t < l + sizeof(*q) || t % 4 || t > h || (h - t) / 4 < q->ntokens ||
-	    pa < t + 4 * (uintptr_t)q->ntokens || pa > h || h - pa < q->nparams)
-		t_fuzz_fail("%u tokens at +%zu, %u params at +%zu: outside %zu bytes", q->ntokens,
-			    (size_t)(t - l), q->nparams, (size_t)(pa - l), (size_t)(h - l));
+	    sa < t + 4 * (uintptr_t)q->ntokens || sa > h || h - sa < q->nsampling ||
+	    pa < sa + q->nsampling || pa > h || h - pa < q->nparams)
+		t_fuzz_fail("%u tokens at +%zu, %u sampling at +%zu, %u params at +%zu: outside "
+			    "%zu bytes",
+			    q->ntokens, (size_t)(t - l), q->nsampling, (size_t)(sa - l), q->nparams,
+			    (size_t)(pa - l), (size_t)(h - l));
 	for (uint32_t i = 0; i < q->ntokens; i++)
 		x ^= tokens[i];
+	for (uint32_t i = 0; i < q->nsampling; i++)
+		x ^= sampling[i];
 	for (uint32_t i = 0; i < q->nparams; i++)
 		x ^= params[i];
 	sink ^= x;
@@ -134,9 +146,10 @@ static void run_request(const uint8_t *p, uint32_t len)
 	if (rc)
 		return;
 	if (memcmp(&v.req, p, sizeof(v.req)) || (const uint8_t *)v.tokens != p + sizeof(v.req) ||
+	    v.sampling != p + sizeof(v.req) + shm_lane_pad8(4ull * v.req.ntokens) ||
 	    v.params != p + len - v.req.nparams)
 		t_fuzz_fail("check_request of %u bytes: the view is not the record's", len);
-	check_inside(&v.req, v.tokens, v.params, p, p + len);
+	check_inside(&v.req, v.tokens, v.sampling, v.params, p, p + len);
 }
 
 static void run_answer(uint16_t type, const uint8_t *p, uint32_t len)
@@ -167,16 +180,21 @@ static void run_answer(uint16_t type, const uint8_t *p, uint32_t len)
 /* ---- Records: valid ones, and one thing put wrong (the ring's near-misses, the replay). ---- */
 
 /* A valid REQUEST at @p: its length. */
-static uint32_t make_request(uint8_t *p, uint32_t mode, uint32_t ntok, uint32_t npar, uint32_t id)
+static uint32_t make_request(uint8_t *p, uint32_t mode, uint32_t ntok, uint32_t nsamp,
+			     uint32_t npar, uint32_t id)
 {
 	struct shm_lane_request q = {.request_id = id, .mode = mode, .ntokens = ntok,
 				     .max_tokens = mode == SHM_LANE_PREFILL ? 1 : 16,
-				     .nparams = npar};
-	uint32_t len = (uint32_t)shm_lane_request_bytes(ntok, npar);
+				     .nparams = npar, .nsampling = nsamp};
+	uint32_t len = (uint32_t)shm_lane_request_bytes(ntok, nsamp, npar);
+	uint32_t samp = (uint32_t)(sizeof(q) + shm_lane_pad8(4ull * ntok));
 
 	memcpy(p, &q, sizeof(q));
-	for (uint32_t i = sizeof(q); i < len; i++) /* tokens, zero padding, params */
-		p[i] = i < len - npar && i >= 40 + 4 * ntok ? 0 : (uint8_t)(id + i * 0x9E3779B1u);
+	for (uint32_t i = sizeof(q); i < len; i++) /* tokens, sampling, params; zero padding */
+		p[i] = (i >= sizeof(q) + 4 * ntok && i < samp) ||
+			       (i >= samp + nsamp && i < len - npar)
+			   ? 0
+			   : (uint8_t)(id + i * 0x9E3779B1u);
 	return len;
 }
 
@@ -319,22 +337,23 @@ static void write_rec(uint32_t lane, uint16_t type, const uint8_t *pay, uint32_t
 /* Ops 0 and 3: a request through shm_lane_put_request(), or a near-miss written raw. */
 static void op_request(uint32_t lane, bool spoilt)
 {
-	uint32_t b = take(2), id = take(4), sel = take(1), val = take(1), len;
-	uint32_t mode = b % 3, npar = mode == SHM_LANE_DECODE ? b / 128 % 48 : 0;
+	uint32_t b = take(2), nsamp = take(1) % 64, id = take(4), sel = take(1), val = take(1);
+	uint32_t mode = b % 3, npar = mode == SHM_LANE_DECODE ? b / 128 % 48 : 0, len;
 	struct shm_ring *r = &fx.router.req[lane];
 	struct shm_lane_request q;
-	uint8_t p[320] = {0};
+	uint8_t p[384] = {0};
 	uint32_t tokens[32];
 	int rc;
 
-	len = make_request(p, mode, 1 + b / 4 % 32, npar, id);
+	len = make_request(p, mode, 1 + b / 4 % 32, nsamp, npar, id);
 	if (spoilt) {
-		write_rec(lane, SHM_LANE_REQUEST, p, spoil(p, len, req_fields, 3, sel, val));
+		write_rec(lane, SHM_LANE_REQUEST, p, spoil(p, len, req_fields, 5, sel, val));
 		return;
 	}
 	memcpy(&q, p, sizeof(q));
 	memcpy(tokens, p + sizeof(q), 4 * q.ntokens);
-	rc = shm_lane_put_request(r, &q, tokens, p + len - npar);
+	rc = shm_lane_put_request(r, &q, tokens, p + sizeof(q) + shm_lane_pad8(4ull * q.ntokens),
+				  p + len - npar);
 	if (!rc)
 		push(lane, SHM_LANE_REQUEST,
 		     ((r->local - shm_rec_space(len)) & r->mask) + SHM_REC_HDR, len);
@@ -370,11 +389,14 @@ static int do_poll(bool done)
 		t_fuzz_fail("pdw_poll: lane %u", r.lane);
 	data = fx.w.mbox.req[r.lane].data;
 	if (!r.cancel)
-		check_inside(&r.req, r.tokens, r.params, data + SHM_REC_HDR, data + LANE_BYTES);
+		check_inside(&r.req, r.tokens, r.sampling, r.params, data + SHM_REC_HDR,
+			     data + LANE_BYTES);
 	rec = e ? data + e->off : NULL;
 	if (e && (r.lane != lane - 1 || r.cancel != (e->kind == K_CANCEL) ||
 		  (r.cancel && r.req.request_id != e->id) || hash(rec, e->len) != e->hash ||
 		  (!r.cancel && ((const uint8_t *)r.tokens != rec + sizeof(r.req) ||
+				 r.sampling != rec + sizeof(r.req) +
+						   shm_lane_pad8(4ull * r.req.ntokens) ||
 				 r.params != rec + e->len - r.req.nparams ||
 				 memcmp(&r.req, rec, sizeof(r.req))))))
 		t_fuzz_fail(
@@ -393,11 +415,11 @@ enum { OP_REQ, OP_CANCEL, OP_RAW, OP_NEAR, OP_PUBLISH, OP_POLL, OP_DRAIN, OP_SCR
 /*
  * The ring input: the start index (4 bytes; bit 0: bad records, bit 1: scribbles), then
  * operations, each a byte (bits 0-4 which, by ops[]; bit 5 the lane; bit 6 a flag) and its
- * arguments: OP_REQ and OP_NEAR 8 bytes (shape, id, what is off), OP_CANCEL 5 (id, length if
- * the flag), OP_RAW 3 (type, length) and the payload, OP_POLL done_with if the flag, OP_DRAIN
- * polls until none, OP_SCRIBBLE 7 (what, value, offset). Then everything is published and
- * polled until none. Without bit 0, OP_RAW and OP_NEAR are OP_REQ and cancels are whole;
- * without bit 1, OP_SCRIBBLE is OP_POLL.
+ * arguments: OP_REQ and OP_NEAR 9 bytes (shape, sampling bytes, id, what is off), OP_CANCEL
+ * 5 (id, length if the flag), OP_RAW 3 (type, length) and the payload, OP_POLL done_with if
+ * the flag, OP_DRAIN polls until none, OP_SCRIBBLE 7 (what, value, offset). Then everything is
+ * published and polled until none. Without bit 0, OP_RAW and OP_NEAR are OP_REQ and cancels
+ * are whole; without bit 1, OP_SCRIBBLE is OP_POLL.
  */
 static void run_ring(const uint8_t *in, size_t n)
 {
@@ -503,8 +525,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 /* ---- The replay driver: records and operation lists built valid, then spoilt or not. ---- */
 
 static struct t_rng rng;
-/* the largest request, one past both limits, with room for three spoils that lengthen it */
-static uint8_t buf[1 + 48 + 4 * SHM_LANE_MAX_TOKENS + SHM_LANE_MAX_PARAMS + 1 + 3 * 64];
+/* the largest request, one past every limit, with room for three spoils that lengthen it */
+static uint8_t buf[1 + 48 + 4 * SHM_LANE_MAX_TOKENS + SHM_LANE_MAX_SAMPLING + 8 +
+		   SHM_LANE_MAX_PARAMS + 1 + 3 * 64];
 
 /* A record for a checker: a request or answer whose length fits its counts, which are valid
  * or, now and then, at a limit or one past it; then spoilt or not. */
@@ -512,6 +535,7 @@ static size_t gen_record(uint8_t *in)
 {
 	static const uint8_t ans_fields[2] = {8, 12};
 	uint32_t ti = t_rng_below(&rng, 8), id = (uint32_t)t_rng_next(&rng), len, a = id, b = 0;
+	uint32_t c = 0;
 	uint32_t mode = t_rng_chance(&rng, 3) ? 3 : t_rng_below(&rng, 3);
 	bool answer = t_rng_chance(&rng, 50), edge = !t_rng_below(&rng, 100);
 	uint16_t type = answer_types[ti];
@@ -524,7 +548,10 @@ static size_t gen_record(uint8_t *in)
 		if (mode == SHM_LANE_DECODE || t_rng_chance(&rng, 3))
 			b = edge ? SHM_LANE_MAX_PARAMS - 1 + t_rng_below(&rng, 3)
 				 : t_rng_below(&rng, 200);
-		len = make_request(p, mode, a, b, id);
+		if (t_rng_chance(&rng, 50))
+			c = edge ? SHM_LANE_MAX_SAMPLING - 1 + t_rng_below(&rng, 3)
+				 : t_rng_below(&rng, 100);
+		len = make_request(p, mode, a, c, b, id);
 	} else {
 		if (type == SHM_LANE_TOKENS)
 			a = edge ? 4095 + t_rng_below(&rng, 3) : t_rng_below(&rng, 65);
@@ -545,7 +572,7 @@ static size_t gen_record(uint8_t *in)
 		memcpy(p + 12, &b, 4);
 	}
 	for (uint32_t k = t_rng_chance(&rng, 60) ? 1 + t_rng_below(&rng, 3) : 0; k; k--)
-		len = spoil(p, len, answer ? ans_fields : req_fields, answer ? 2 : 3,
+		len = spoil(p, len, answer ? ans_fields : req_fields, answer ? 2 : 5,
 			    (uint32_t)t_rng_next(&rng), (uint32_t)t_rng_next(&rng));
 	return 1 + len;
 }
