@@ -391,6 +391,9 @@ unsigned dp_ingress_reap(struct dp_core *c)
 	struct io_uring_cqe *cqe;
 	unsigned head, n = 0;
 
+	/* Completion work is waiting (TASKRUN_FLAG): run it now, so its completions are here. */
+	if (IO_URING_READ_ONCE(*c->ring.sq.kflags) & IORING_SQ_TASKRUN)
+		io_uring_get_events(&c->ring);
 	io_uring_for_each_cqe(&c->ring, head, cqe) {
 		uint64_t t = cqe->user_data;
 		uint32_t slot = (uint32_t)(t >> 32) & 0xFFFFFFu, gen = (uint32_t)t;
@@ -489,16 +492,28 @@ static int check_features(struct io_uring *ring, char *err, size_t errlen)
 
 static int setup_ring(struct dp_core *c, char *err, size_t errlen)
 {
-	struct io_uring_params p = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
-					     IORING_SETUP_SINGLE_ISSUER};
+	/*
+	 * Completion work (a receive's data landing in a provided buffer) runs only when the
+	 * core asks for it (DEFER_TASKRUN), flagged in the ring (TASKRUN_FLAG) so the loop
+	 * enters the kernel for it only when there is some: a submit then does just the sends,
+	 * and a spinning core is never interrupted. SQPOLL cannot defer; older kernels (before
+	 * 6.1) get the cooperative mode, and before 5.19 neither.
+	 */
+	struct io_uring_params p = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+					     IORING_SETUP_DEFER_TASKRUN |
+					     IORING_SETUP_TASKRUN_FLAG};
 	int rc;
 
 	if (c->cfg.sqpoll) {
-		p.flags |= IORING_SETUP_SQPOLL;
+		p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SUBMIT_ALL;
 		p.sq_thread_idle = 1000; /* ms before the kernel thread sleeps */
 	}
 	rc = io_uring_queue_init_params(c->cfg.ring_entries, &c->ring, &p);
-	if (rc == -EINVAL) { /* a kernel before 6.0 lacks the optional flags: go without */
+	if (rc == -EINVAL && !c->cfg.sqpoll) {
+		p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+		rc = io_uring_queue_init_params(c->cfg.ring_entries, &c->ring, &p);
+	}
+	if (rc == -EINVAL) { /* the oldest kernels: no optional flag at all */
 		p.flags &= IORING_SETUP_SQPOLL;
 		rc = io_uring_queue_init_params(c->cfg.ring_entries, &c->ring, &p);
 	}
