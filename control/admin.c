@@ -190,6 +190,10 @@ static void workers(FILE *f, const struct ctl_admin_view *v)
 			json_str(f, ti.domains[d].value);
 		}
 		fputc('}', f);
+		if (c) {
+			fputs(",\"endpoint\":", f);
+			json_str(f, c->peer->endpoint);
+		}
 		if (c)
 			fprintf(f, ",\"kv_events\":%llu,\"kv_duplicates\":%llu,\"kv_gaps\":%llu,"
 				   "\"kv_refused\":%llu,\"load_reports\":%llu",

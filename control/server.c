@@ -310,6 +310,7 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 	if (!rc) {
 		peer->worker = s->next_worker;
 		peer->block_size = reg.spec.block_size;
+		snprintf(peer->endpoint, sizeof(peer->endpoint), "%s", reg.endpoint);
 		reg.spec.cookie = peer;
 		rc = rt_register(s->rt, s->next_worker, &reg.spec, err, sizeof(err));
 		if (rc)

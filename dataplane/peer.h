@@ -28,6 +28,7 @@
 struct dp_peer {
 	uint32_t worker;      /* the router's id of the worker */
 	uint32_t block_size;
+	char endpoint[256];   /* the endpoint name it registered, for the admin interface */
 	struct shm_mbox mbox; /* lanes owned by the cores as above; the rest by control */
 	/* Writer: any core that found garbage on its lane (release: its counters and its own
 	 * view of the lane are settled). Reader: control, which then disconnects the worker. */

@@ -51,7 +51,7 @@ int pdw_connect(struct pdw *w, const char *path);
 
 /**
  * pdw_register - register as described by @a and map the mailbox the router hands over.
- * @timeout_ms: how long to wait for the router's answer.
+ * @timeout_ms: how long to wait to send, and then for the router's answer.
  *
  * Returns 0, -EPERM when the router refused (w->reason says why: print it), -ETIMEDOUT,
  * -EBADMSG for an answer that is not a valid reply, -E2BIG when @a does not fit a message,
@@ -156,7 +156,7 @@ int pdw_control(struct pdw *w);
  * @w: a worker that pdw_connect() has seen once, whatever became of it since.
  * @path: the router's control socket.
  * @a: the registration, as for pdw_register(); the same one as before, usually.
- * @timeout_ms: how long to wait for the router's answer.
+ * @timeout_ms: how long to wait to send, and then for the router's answer.
  *
  * Closes the old connection and mailbox if any, connects, and registers again. The per-rank
  * event ids start over at 1: a new router has seen none of them. Requests of the old

@@ -144,6 +144,26 @@ bad:
 	return -EBADMSG;
 }
 
+/* Send one message within @timeout_ms: a router that does not read cannot hold us forever. */
+static int send_within(int fd, const void *buf, size_t n, int timeout_ms)
+{
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		ssize_t sent = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (sent == (ssize_t)n)
+			return 0;
+		if (sent >= 0)
+			return -EMSGSIZE; /* a packet socket sends all or nothing */
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		if (poll(&p, 1, timeout_ms) == 0)
+			return -ETIMEDOUT;
+	}
+}
+
 int pdw_register(struct pdw *w, const struct pdw_register_args *a, int timeout_ms)
 {
 	unsigned char buf[PDW_MSG_MAX];
@@ -158,8 +178,9 @@ int pdw_register(struct pdw *w, const struct pdw_register_args *a, int timeout_m
 	n = pdw_register_encode(buf, sizeof(buf), a, seq);
 	if (n < 0)
 		return (int)n;
-	if (send(w->fd, buf, (size_t)n, MSG_NOSIGNAL) != n)
-		return -errno;
+	rc = send_within(w->fd, buf, (size_t)n, timeout_ms);
+	if (rc)
+		return rc;
 	rc = read_answer(w, seq, timeout_ms);
 	if (rc)
 		return rc;
