@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "register.h"
+#include "refuse.h"
 
 /* Workers write the protocol's names for the registry's terms: they must be the same numbers. */
 #define SAME(a, b) ((int)(a) == (int)(b))
@@ -46,14 +47,14 @@ static int take(struct in *in, void *dst, size_t n)
 static int take_string(struct in *in, char *dst, uint16_t n, char *err, size_t errlen)
 {
 	if (n > in->left) /* a lie about the packet first: that one ends the connection */
-		return rt_refuse(err, errlen, -EBADMSG, "message shorter than its strings");
+		return dp_refuse(err, errlen, -EBADMSG, "message shorter than its strings");
 	if (n > RT_NAME_MAX)
-		return rt_refuse(err, errlen, -EINVAL, "a name of %u bytes: at most %u", n,
+		return dp_refuse(err, errlen, -EINVAL, "a name of %u bytes: at most %u", n,
 				 RT_NAME_MAX);
 	take(in, dst, n);
 	dst[n] = '\0';
 	if (memchr(dst, '\0', n))
-		return rt_refuse(err, errlen, -EBADMSG, "a name holds a NUL byte");
+		return dp_refuse(err, errlen, -EBADMSG, "a name holds a NUL byte");
 	return 0;
 }
 
@@ -63,16 +64,16 @@ static int decode_header(struct ctl_registration *r, struct in *in, size_t len, 
 	struct pdw_hdr h;
 
 	if (take(in, &h, sizeof(h)))
-		return rt_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
+		return dp_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
 	r->seq = h.seq;
 	if (h.magic != PDW_MAGIC)
-		return rt_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
+		return dp_refuse(err, errlen, -EBADMSG, "not a pdrouter control message");
 	if (h.version != PDW_VERSION)
-		return rt_refuse(err, errlen, -EPROTONOSUPPORT,
+		return dp_refuse(err, errlen, -EPROTONOSUPPORT,
 				 "protocol version %u, this router speaks %u", h.version,
 				 PDW_VERSION);
 	if (h.type != PDW_REGISTER || h.len != len)
-		return rt_refuse(err, errlen, -EBADMSG, "not a REGISTER message of %zu bytes",
+		return dp_refuse(err, errlen, -EBADMSG, "not a REGISTER message of %zu bytes",
 				 len);
 	return 0;
 }
@@ -83,13 +84,13 @@ static int decode_domains(struct ctl_registration *r, struct in *in, uint16_t n,
 	int rc = 0;
 
 	if (n > RT_DOMAIN_KEYS)
-		return rt_refuse(err, errlen, -EINVAL, "%u topology domains: at most %u", n,
+		return dp_refuse(err, errlen, -EINVAL, "%u topology domains: at most %u", n,
 				 RT_DOMAIN_KEYS);
 	for (uint16_t i = 0; i < n && !rc; i++) {
 		struct pdw_domain d;
 
 		if (take(in, &d, sizeof(d)))
-			return rt_refuse(err, errlen, -EBADMSG, "message shorter than its domains");
+			return dp_refuse(err, errlen, -EBADMSG, "message shorter than its domains");
 		rc = take_string(in, r->names[i], d.name_len, err, errlen);
 		if (!rc)
 			rc = take_string(in, r->values[i], d.value_len, err, errlen);
@@ -110,7 +111,7 @@ int ctl_registration_decode(struct ctl_registration *r, const void *msg, size_t 
 	if (rc)
 		return rc;
 	if (take(&in, &w, sizeof(w)))
-		return rt_refuse(err, errlen, -EBADMSG, "REGISTER shorter than its fixed part");
+		return dp_refuse(err, errlen, -EBADMSG, "REGISTER shorter than its fixed part");
 	rc = take_string(&in, r->model, w.model_len, err, errlen);
 	if (!rc)
 		rc = take_string(&in, r->endpoint, w.endpoint_len, err, errlen);
@@ -119,7 +120,7 @@ int ctl_registration_decode(struct ctl_registration *r, const void *msg, size_t 
 	if (!rc)
 		rc = decode_domains(r, &in, w.ndomains, err, errlen);
 	if (!rc && in.left)
-		rc = rt_refuse(err, errlen, -EBADMSG, "%zu bytes after the last string", in.left);
+		rc = dp_refuse(err, errlen, -EBADMSG, "%zu bytes after the last string", in.left);
 	if (rc)
 		return rc;
 	r->spec = (struct rt_worker_spec){

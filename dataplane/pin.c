@@ -11,23 +11,10 @@
 #include <hwloc.h>
 
 #include "pin.h"
+#include "refuse.h"
 
 /* Longest piece of a bad cpu list quoted back in an error. */
 #define BAD_PART_MAX 32
-
-/* printf a reason into @err (if any) and return @rc, so a refusal is one statement. */
-__attribute__((format(printf, 4, 5))) static int refuse(char *err, size_t errlen, int rc,
-							const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 /* The PU of OS cpu @cpu, or NULL when the machine has none or this process may not use it. */
 static hwloc_obj_t pu_of(hwloc_topology_t topo, int cpu)
@@ -163,20 +150,20 @@ static int place_auto(hwloc_topology_t topo, uint32_t ncores, struct dp_placemen
 	hwloc_obj_t core;
 
 	if (total < 1)
-		return refuse(err, errlen, -ENOSPC, "no usable cpu in the topology");
+		return dp_refuse(err, errlen, -ENOSPC, "no usable cpu in the topology");
 	if (!want) {
 		want = total / 2 ? (uint32_t)total / 2 : 1;
 		if (want > DP_PIN_MAX_CORES)
 			want = DP_PIN_MAX_CORES;
 	}
 	if (want > DP_PIN_MAX_CORES)
-		return refuse(err, errlen, -EINVAL, "%u dataplane cores: at most %u", want,
-			      DP_PIN_MAX_CORES);
+		return dp_refuse(err, errlen, -EINVAL, "%u dataplane cores: at most %u", want,
+				 DP_PIN_MAX_CORES);
 	if (want > avail)
-		return refuse(err, errlen, -ENOSPC,
-			      "%u dataplane cores asked for, but the machine has %d physical "
-			      "core(s) and %u to spare after the control thread's",
-			      want, total, avail);
+		return dp_refuse(err, errlen, -ENOSPC,
+				 "%u dataplane cores asked for, but the machine has %d physical "
+				 "core(s) and %u to spare after the control thread's",
+				 want, total, avail);
 	walk_init(&w, topo);
 	for (int i = 0; i < reserved; i++)
 		walk_next(&w);
@@ -188,10 +175,10 @@ static int place_auto(hwloc_topology_t topo, uint32_t ncores, struct dp_placemen
 /* Quote @s (@n bytes) back into an error about a bad cpu list. */
 static int bad_part(char *err, size_t errlen, const char *list, const char *s, size_t n)
 {
-	return refuse(err, errlen, -EINVAL,
-		      "cpu list \"%.*s\": bad part \"%.*s\" (want cpu numbers or ranges a-b "
-		      "with a <= b, separated by commas)",
-		      BAD_PART_MAX, list, (int)(n < BAD_PART_MAX ? n : BAD_PART_MAX), s);
+	return dp_refuse(err, errlen, -EINVAL,
+			 "cpu list \"%.*s\": bad part \"%.*s\" (want cpu numbers or ranges a-b "
+			 "with a <= b, separated by commas)",
+			 BAD_PART_MAX, list, (int)(n < BAD_PART_MAX ? n : BAD_PART_MAX), s);
 }
 
 /*
@@ -219,8 +206,8 @@ static int add_range(struct dp_placement *out, int lo, int hi, char *err, size_t
 {
 	for (long c = lo; c <= hi; c++) {
 		if (out->ncores == DP_PIN_MAX_CORES)
-			return refuse(err, errlen, -EINVAL, "cpu list names more than %u cpus",
-				      DP_PIN_MAX_CORES);
+			return dp_refuse(err, errlen, -EINVAL, "cpu list names more than %u cpus",
+					 DP_PIN_MAX_CORES);
 		out->core_cpu[out->ncores++] = (int)c;
 	}
 	return 0;
@@ -264,19 +251,20 @@ static int check_list(hwloc_topology_t topo, const struct dp_placement *p, char 
 		if (!pu) {
 			hwloc_bitmap_list_snprintf(allowed, sizeof(allowed),
 						   hwloc_topology_get_allowed_cpuset(topo));
-			return refuse(err, errlen, -EINVAL,
-				      "cpu %d does not exist or is not allowed (cpus: %s)",
-				      p->core_cpu[i], allowed);
+			return dp_refuse(err, errlen, -EINVAL,
+					 "cpu %d does not exist or is not allowed (cpus: %s)",
+					 p->core_cpu[i], allowed);
 		}
 		for (uint32_t j = 0; j < i; j++) {
 			if (p->core_cpu[j] == p->core_cpu[i])
-				return refuse(err, errlen, -EINVAL, "cpu %d is listed twice",
-					      p->core_cpu[i]);
+				return dp_refuse(err, errlen, -EINVAL, "cpu %d is listed twice",
+						 p->core_cpu[i]);
 			if (core_of(topo, pu_of(topo, p->core_cpu[j])) == core_of(topo, pu))
-				return refuse(err, errlen, -EINVAL,
-					      "cpus %d and %d are SMT siblings (one physical "
-					      "core): give each dataplane core a core of its own",
-					      p->core_cpu[j], p->core_cpu[i]);
+				return dp_refuse(
+				    err, errlen, -EINVAL,
+				    "cpus %d and %d are SMT siblings (one physical "
+				    "core): give each dataplane core a core of its own",
+				    p->core_cpu[j], p->core_cpu[i]);
 		}
 	}
 	return 0;
@@ -330,8 +318,8 @@ static int take_control(hwloc_topology_t topo, int cpu, struct dp_placement *p, 
 	int user;
 
 	if (!pu)
-		return refuse(err, errlen, -EINVAL,
-			      "control cpu %d does not exist or is not allowed", cpu);
+		return dp_refuse(err, errlen, -EINVAL,
+				 "control cpu %d does not exist or is not allowed", cpu);
 	p->control_cpu = cpu;
 	user = core_user(topo, p, core_of(topo, pu));
 	if (user >= 0) {
@@ -348,16 +336,16 @@ int dp_place(struct hwloc_topology *topo, const struct dp_pin_request *req,
 
 	*out = (struct dp_placement){.control_cpu = -1};
 	if (req->control_cpu < -1)
-		return refuse(err, errlen, -EINVAL, "control cpu %d: want a cpu number or -1",
-			      req->control_cpu);
+		return dp_refuse(err, errlen, -EINVAL, "control cpu %d: want a cpu number or -1",
+				 req->control_cpu);
 	if (req->cpu_list) {
 		rc = parse_list(req->cpu_list, out, err, errlen);
 		if (!rc)
 			rc = check_list(topo, out, err, errlen);
 		if (!rc && req->ncores && req->ncores != out->ncores)
-			rc = refuse(err, errlen, -EINVAL,
-				    "%u dataplane cores asked for, but the cpu list names %u",
-				    req->ncores, out->ncores);
+			rc = dp_refuse(err, errlen, -EINVAL,
+				       "%u dataplane cores asked for, but the cpu list names %u",
+				       req->ncores, out->ncores);
 	} else {
 		rc = place_auto(topo, req->ncores, out, err, errlen);
 	}

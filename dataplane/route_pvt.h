@@ -319,9 +319,6 @@ int rt_stage_decide(struct rt_core *c, const struct rt_request *rq, const struct
 
 /* route_registry.c: are the knobs of @p in range (finite, none negative)? */
 bool rt_policy_ok(const struct rt_policy *p);
-/* printf a reason into @err (if any) and return @rc, so a refusal is one statement. */
-int rt_refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 /* route_topology.c: names, interning (ids outlive their workers; -ENOSPC when full), rules. */
 bool rt_name_ok(const char *s); /* non-empty, at most RT_NAME_MAX bytes */

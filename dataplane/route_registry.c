@@ -12,6 +12,7 @@
 
 #include "hash.h"
 #include "route.h"
+#include "refuse.h"
 
 #define RT_DEFAULT_MODELS 64u
 #define RT_DEFAULT_REQUESTS 16384u
@@ -41,18 +42,6 @@ void rt_config_default(struct rt_config *cfg)
 {
 	*cfg = (struct rt_config){.expiry_ns = RT_DEFAULT_EXPIRY_NS};
 	rt_policy_default(&cfg->policy);
-}
-
-int rt_refuse(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
 }
 
 /* Fill the zeros of @cfg with defaults; -EINVAL for a value out of range. */
@@ -272,15 +261,15 @@ static int spec_check_roles(const struct rt_worker_spec *s, char *err, size_t er
 	static const uint32_t needs[RT_WORKER_TYPES] = {
 	    [RT_PREFILL] = RT_NEEDS_DECODE, [RT_DECODE] = RT_NEEDS_PREFILL, [RT_AGGREGATED] = 0};
 	if ((unsigned)s->type >= RT_WORKER_TYPES)
-		return rt_refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
+		return dp_refuse(err, errlen, -EINVAL, "worker type %d unknown", (int)s->type);
 	if ((unsigned)s->model_type > RT_MODEL_EMPTY)
-		return rt_refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
+		return dp_refuse(err, errlen, -EINVAL, "model type %d unknown", (int)s->model_type);
 	if ((s->type == RT_PREFILL) != (s->model_type == RT_MODEL_EMPTY))
-		return rt_refuse(err, errlen, -EINVAL,
+		return dp_refuse(err, errlen, -EINVAL,
 			      "a %s worker must register model type %s", rt_worker_type_name(s->type),
 			      s->type == RT_PREFILL ? "empty" : "chat or completions");
 	if (s->needs != needs[s->type])
-		return rt_refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
+		return dp_refuse(err, errlen, -EINVAL, "a %s worker needs %s, not needs=%u",
 			      rt_worker_type_name(s->type),
 			      s->type == RT_PREFILL ? "decode"
 			      : s->type == RT_DECODE ? "prefill"
@@ -295,32 +284,32 @@ static int spec_check(const struct rt_router *rt, const struct rt_worker_spec *s
 	int rc;
 
 	if (!rt_name_ok(s->model))
-		return rt_refuse(err, errlen, -EINVAL, "model name empty or longer than %u bytes",
+		return dp_refuse(err, errlen, -EINVAL, "model name empty or longer than %u bytes",
 			      RT_NAME_MAX);
 	rc = spec_check_roles(s, err, errlen);
 	if (rc)
 		return rc;
 	if (!dp_hash_block_size_ok(s->block_size))
-		return rt_refuse(err, errlen, -EINVAL,
+		return dp_refuse(err, errlen, -EINVAL,
 			      "block size %u is not a power of two in [1, %u]", s->block_size,
 			      DP_HASH_MAX_BLOCK);
 	if (!s->kv_capacity_blocks || !s->max_batched_tokens)
-		return rt_refuse(err, errlen, -EINVAL, "KV capacity and max batched tokens must be > 0");
+		return dp_refuse(err, errlen, -EINVAL, "KV capacity and max batched tokens must be > 0");
 	if (!s->dp_ranks || s->dp_ranks > rt->cfg.max_targets ||
 	    s->dp_rank_start > UINT32_MAX - s->dp_ranks)
-		return rt_refuse(err, errlen, -EINVAL, "DP rank range %u+%u invalid", s->dp_rank_start,
+		return dp_refuse(err, errlen, -EINVAL, "DP rank range %u+%u invalid", s->dp_rank_start,
 			      s->dp_ranks);
 	if (s->ndomains > RT_DOMAIN_KEYS || (s->ndomains && !s->domains))
-		return rt_refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
+		return dp_refuse(err, errlen, -EINVAL, "more than %u topology domains", RT_DOMAIN_KEYS);
 	if ((rc = rt_transfer_check(&s->transfer, err, errlen)))
 		return rc;
 	for (size_t i = 0; i < s->ndomains; i++) {
 		if (!rt_name_ok(s->domains[i].name) || !rt_name_ok(s->domains[i].value))
-			return rt_refuse(err, errlen, -EINVAL,
+			return dp_refuse(err, errlen, -EINVAL,
 				      "topology domain %zu: name or value empty or too long", i);
 		for (size_t j = 0; j < i; j++)
 			if (strcmp(s->domains[i].name, s->domains[j].name) == 0)
-				return rt_refuse(err, errlen, -EINVAL, "topology domain '%s' given twice",
+				return dp_refuse(err, errlen, -EINVAL, "topology domain '%s' given twice",
 					      s->domains[i].name);
 	}
 	return 0;
@@ -341,7 +330,7 @@ static int pool_check(const struct rt_router *rt, int model, const struct rt_wor
 		if ((p == RT_PREFILL) != (s->type == RT_PREFILL) || !rt_pool_size(pool) ||
 		    rt_pool_block_size(pool) == s->block_size)
 			continue;
-		return rt_refuse(err, errlen, -EINVAL,
+		return dp_refuse(err, errlen, -EINVAL,
 			      "block size %u differs from the %u of the %s pool of model '%s'",
 			      s->block_size, rt_pool_block_size(pool),
 			      p == RT_PREFILL ? "prefill" : "decode/aggregated", s->model);
@@ -452,9 +441,9 @@ static int register_check(const struct rt_router *rt, uint32_t worker,
 	int rc;
 
 	if (!spec)
-		return rt_refuse(err, errlen, -EINVAL, "no registration");
+		return dp_refuse(err, errlen, -EINVAL, "no registration");
 	if (worker_find(rt, worker))
-		return rt_refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
+		return dp_refuse(err, errlen, -EEXIST, "worker %u is registered already", worker);
 	rc = spec_check(rt, spec, err, errlen);
 	if (!rc)
 		rc = rt_required_domain_check(rt, spec, err, errlen);
@@ -494,16 +483,16 @@ static int register_build(struct rt_router *rt, uint32_t worker,
 	*w = worker_slot(rt);
 	rc = *w ? targets_reserve(rt, spec->dp_ranks, ids) : -ENOSPC;
 	if (rc)
-		return rt_refuse(err, errlen, rc, "no routing target left (max_targets %u)",
+		return dp_refuse(err, errlen, rc, "no routing target left (max_targets %u)",
 			      rt->cfg.max_targets);
 	for (uint32_t i = 0; rc == 0 && i < spec->dp_ranks; i++)
 		rc = target_setup(rt, ids[i], worker, spec->dp_rank_start + i, spec, &rule);
 	if (rc)
-		return rt_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+		return dp_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
 					       : "more than %u topology domain names or %u values",
 			      RT_DOMAIN_KEYS, RT_DOMAIN_VALUES - 1);
 	if (*model < 0 && (*model = rc = model_intern(rt, spec->model)) < 0)
-		return rt_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
+		return dp_refuse(err, errlen, rc, rc == -ENOMEM ? "out of memory"
 					       : "no room for another model (max_models %u)",
 			      rt->cfg.max_models);
 	return 0;
@@ -526,7 +515,7 @@ int rt_register(struct rt_router *rt, uint32_t worker, const struct rt_worker_sp
 		return rc;
 	ids = calloc(spec->dp_ranks, sizeof(*ids));
 	if (!ids)
-		return rt_refuse(err, errlen, -ENOMEM, "out of memory");
+		return dp_refuse(err, errlen, -ENOMEM, "out of memory");
 	rc = register_build(rt, worker, spec, ids, &w, &model, err, errlen);
 	if (rc) {
 		register_rollback(rt, &undo);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "route.h"
+#include "refuse.h"
 
 bool rt_name_ok(const char *s)
 {
@@ -57,12 +58,12 @@ int rt_transfer_check(const struct rt_transfer *t, char *err, size_t errlen)
 	if (!t->domain)
 		return 0;
 	if (!rt_name_ok(t->domain))
-		return rt_refuse(err, errlen, -EINVAL, "transfer domain name empty or too long");
+		return dp_refuse(err, errlen, -EINVAL, "transfer domain name empty or too long");
 	if (t->enforcement > RT_TRANSFER_REQUIRED)
-		return rt_refuse(err, errlen, -EINVAL, "transfer enforcement %d unknown",
+		return dp_refuse(err, errlen, -EINVAL, "transfer enforcement %d unknown",
 			      (int)t->enforcement);
 	if (!(t->preferred_weight >= 0.0 && t->preferred_weight <= 1.0))
-		return rt_refuse(err, errlen, -EINVAL, "preferred weight %g not in [0, 1]",
+		return dp_refuse(err, errlen, -EINVAL, "preferred weight %g not in [0, 1]",
 			      t->preferred_weight);
 	return 0;
 }
@@ -78,7 +79,7 @@ int rt_rule_resolve(struct rt_router *rt, const struct rt_transfer *t, struct rt
 		return rc;
 	key = rt_domain_key_intern(rt, t->domain);
 	if (key < 0)
-		return rt_refuse(err, errlen, key, "more than %u topology domain names", RT_DOMAIN_KEYS);
+		return dp_refuse(err, errlen, key, "more than %u topology domain names", RT_DOMAIN_KEYS);
 	out->key = (int8_t)key;
 	out->enforcement = (uint8_t)t->enforcement;
 	out->discount = exp(-tanh(t->preferred_weight));
@@ -109,7 +110,7 @@ int rt_required_domain_check(const struct rt_router *rt, const struct rt_worker_
 	else if (rt->rule.enforcement == RT_TRANSFER_REQUIRED)
 		need = rt->domain_key[rt->rule.key];
 	if (need && !spec_has_domain(s, need))
-		return rt_refuse(err, errlen, -EINVAL,
+		return dp_refuse(err, errlen, -EINVAL,
 			      "transfer domain '%s' is required, but the worker gives no value for "
 			      "it", need);
 	return 0;

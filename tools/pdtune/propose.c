@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "propose.h"
+#include "refuse.h"
 
 /* Physical cores chosen so far for the dataplane, in the order pdrouter will number them. */
 struct pick {
@@ -34,19 +35,6 @@ struct pick {
 
 /* Which domain a unit belongs to, for one-l3, one-numa and spread. */
 typedef int (*domain_fn)(const struct pt_unit *u);
-
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
-						      const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 __attribute__((format(printf, 2, 3))) static void note(struct pt_proposal *out, const char *fmt,
 						       ...)
@@ -426,13 +414,13 @@ int pt_propose(const struct pt_topo *t, uint32_t ncores, int nic, struct pt_prop
 	memset(out, 0, sizeof(*out));
 	out->ncores = ncores;
 	if (!ncores || ncores > DP_PIN_MAX_CORES)
-		return fail(err, errlen, -EINVAL, "%u dataplane cores: want 1 to %u", ncores,
-			    DP_PIN_MAX_CORES);
+		return dp_refuse(err, errlen, -EINVAL, "%u dataplane cores: want 1 to %u", ncores,
+				 DP_PIN_MAX_CORES);
 	if (ncores > t->nunits)
-		return fail(err, errlen, -ENOSPC,
-			    "%u dataplane cores need %u physical cores; "
-			    "%s has %u",
-			    ncores, ncores, t->origin, t->nunits);
+		return dp_refuse(err, errlen, -ENOSPC,
+				 "%u dataplane cores need %u physical cores; "
+				 "%s has %u",
+				 ncores, ncores, t->origin, t->nunits);
 	rc |= propose_auto(t, out, gpu, &base);
 	rc |= propose_first(t, out, gpu);
 	if (nic >= 0 && t->dev[nic].local)
@@ -446,11 +434,12 @@ int pt_propose(const struct pt_topo *t, uint32_t ncores, int nic, struct pt_prop
 	rc |= propose_spread(t, out, gpu);
 	rc |= propose_control(t, out, base.ncores ? &base : &out->cand[0].place, gpu);
 	if (rc)
-		return fail(err, errlen, -EINVAL, "a candidate was refused: %s",
-			    out->nnotes ? out->note[out->nnotes - 1] : "?");
+		return dp_refuse(err, errlen, -EINVAL, "a candidate was refused: %s",
+				 out->nnotes ? out->note[out->nnotes - 1] : "?");
 	if (!out->n)
-		return fail(err, errlen, -ENOSPC, "no placement of %u dataplane cores fits: %s",
-			    ncores, out->nnotes ? out->note[0] : "?");
+		return dp_refuse(err, errlen, -ENOSPC,
+				 "no placement of %u dataplane cores fits: %s", ncores,
+				 out->nnotes ? out->note[0] : "?");
 	return (int)out->n;
 }
 

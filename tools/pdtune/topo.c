@@ -7,20 +7,8 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "refuse.h"
 #include "topo.h"
-
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
-						      const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 /* Logical index of the NUMA node whose cpus hold @obj's first cpu; -1: none. */
 static int node_index(hwloc_topology_t topo, hwloc_obj_t obj)
@@ -140,18 +128,18 @@ static int count(hwloc_topology_t topo, hwloc_obj_type_t type)
 static int load(struct pt_topo *t, const struct pt_source *src, char *err, size_t errlen)
 {
 	if (hwloc_topology_set_io_types_filter(t->topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT))
-		return fail(err, errlen, -EINVAL, "hwloc: cannot keep I/O objects");
+		return dp_refuse(err, errlen, -EINVAL, "hwloc: cannot keep I/O objects");
 	if (src->xml && hwloc_topology_set_xml(t->topo, src->xml))
-		return fail(err, errlen, -EINVAL, "%s: not an hwloc XML topology (%s)", src->xml,
-			    strerror(errno));
+		return dp_refuse(err, errlen, -EINVAL, "%s: not an hwloc XML topology (%s)",
+				 src->xml, strerror(errno));
 	if (src->synthetic && hwloc_topology_set_synthetic(t->topo, src->synthetic))
-		return fail(err, errlen, -EINVAL,
-			    "synthetic \"%s\": hwloc refused it (e.g. \"pack:2 numa:1 l3:1 "
-			    "core:8 pu:2\")",
-			    src->synthetic);
+		return dp_refuse(err, errlen, -EINVAL,
+				 "synthetic \"%s\": hwloc refused it (e.g. \"pack:2 numa:1 l3:1 "
+				 "core:8 pu:2\")",
+				 src->synthetic);
 	if (hwloc_topology_load(t->topo))
-		return fail(err, errlen, -EINVAL, "hwloc: loading the topology failed: %s",
-			    strerror(errno));
+		return dp_refuse(err, errlen, -EINVAL, "hwloc: loading the topology failed: %s",
+				 strerror(errno));
 	return 0;
 }
 
@@ -161,11 +149,11 @@ int pt_topo_open(struct pt_topo *t, const struct pt_source *src, char *err, size
 
 	memset(t, 0, sizeof(*t));
 	if (src->xml && src->synthetic)
-		return fail(err, errlen, -EINVAL,
-			    "give a topology file or a synthetic "
-			    "description, not both");
+		return dp_refuse(err, errlen, -EINVAL,
+				 "give a topology file or a synthetic "
+				 "description, not both");
 	if (hwloc_topology_init(&t->topo))
-		return fail(err, errlen, -ENOMEM, "hwloc: out of memory");
+		return dp_refuse(err, errlen, -ENOMEM, "hwloc: out of memory");
 	rc = load(t, src, err, errlen);
 	if (rc) {
 		hwloc_topology_destroy(t->topo);
