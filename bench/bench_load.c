@@ -402,6 +402,7 @@ static void router_delta(struct load_router *rt, uint64_t (*h0)[DP_HIST_BUCKETS]
 		rt->in[b] = h1[0][b] - h0[0][b];
 		rt->out[b] = h1[1][b] - h0[1][b];
 		rt->route[b] = h1[2][b] - h0[2][b];
+		rt->send[b] = h1[3][b] - h0[3][b];
 	}
 }
 
@@ -461,7 +462,7 @@ out:
 int bench_load_main(int argc, char **argv)
 {
 	static struct load l;
-	static uint64_t h0[3][DP_HIST_BUCKETS], h1[3][DP_HIST_BUCKETS];
+	static uint64_t h0[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS], h1[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS];
 	struct load_router rt = {0};
 	int rc = parse(argc, argv, &l.o), status;
 

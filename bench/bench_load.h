@@ -222,6 +222,7 @@ struct load_info {
 struct load_router {
 	bool have;
 	uint64_t in[DP_HIST_BUCKETS], out[DP_HIST_BUCKETS], route[DP_HIST_BUCKETS];
+	uint64_t send[DP_HIST_BUCKETS]; /* the kernel's part of sending the answers */
 };
 
 void load_report_text(FILE *f, const struct load_info *info, const struct load_summary *s,

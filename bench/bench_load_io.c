@@ -358,12 +358,13 @@ static char *admin_ask(const char *path, const char *cmd)
 
 int load_admin_hists(const char *path, uint64_t (*h)[DP_HIST_BUCKETS])
 {
-	static const char *const key[3] = {"\"in_hist\":[", "\"out_hist\":[", "\"route_hist\":["};
+	static const char *const key[LOAD_ROUTER_HISTS] = {"\"in_hist\":[", "\"out_hist\":[",
+							   "\"route_hist\":[", "\"send_hist\":["};
 	char *buf = admin_ask(path, "counters\n"), *p;
 
 	if (!buf)
 		return -EIO;
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < LOAD_ROUTER_HISTS; k++) {
 		memset(h[k], 0, DP_HIST_BUCKETS * sizeof(h[k][0]));
 		p = strstr(buf, key[k]);
 		if (!p) {

@@ -76,9 +76,11 @@ int load_io_run(struct load_io *io, uint64_t timeout_ns, load_event_fn fn, void 
 /* Close every connection and the ring. */
 void load_io_exit(struct load_io *io);
 
+#define LOAD_ROUTER_HISTS 4 /* in, out, route, send: the admin interface's order */
+
 /**
  * load_admin_hists - the router's latency histograms from its admin socket's "counters".
- * @h: [0] in, [1] out, [2] route; DP_HIST_BUCKETS counts each.
+ * @h: [0] in, [1] out, [2] route, [3] send; DP_HIST_BUCKETS counts each.
  *
  * Returns 0, or -EIO when the socket does not answer or the answer lacks a histogram.
  */

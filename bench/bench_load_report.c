@@ -51,7 +51,9 @@ static void router_rows(FILE *f, const struct load_router *rt)
 	load_dist_hist(rt->in, &d);
 	row(f, "router hand-off in (frame -> worker ring)", &d);
 	load_dist_hist(rt->out, &d);
-	row(f, "router hand-off out (worker -> frame sent)", &d);
+	row(f, "router hand-off out (worker -> frame to kernel)", &d);
+	load_dist_hist(rt->send, &d);
+	row(f, "kernel send (submit with sends, wakes client)", &d);
 }
 
 void load_report_text(FILE *f, const struct load_info *in, const struct load_summary *s,
@@ -104,6 +106,8 @@ static void json_router(FILE *f, const struct load_router *rt)
 	json_dist(f, "router_in", &d, false);
 	load_dist_hist(rt->out, &d);
 	json_dist(f, "router_out", &d, false);
+	load_dist_hist(rt->send, &d);
+	json_dist(f, "router_send", &d, false);
 }
 
 void load_report_json(FILE *f, const struct load_info *in, const struct load_summary *s,

@@ -92,22 +92,19 @@ static void json_stats(FILE *f, const struct dp_core_stats *st)
 static void counters(FILE *f, const struct ctl_admin_view *v)
 {
 	struct dp_core_stats sum = {0}, one;
-	uint64_t in[DP_HIST_BUCKETS] = {0}, out[DP_HIST_BUCKETS] = {0};
-	uint64_t route[DP_HIST_BUCKETS] = {0};
-	uint64_t cin[DP_HIST_BUCKETS], cout[DP_HIST_BUCKETS], croute[DP_HIST_BUCKETS];
+	static const char *const lat_name[DP_LATS] = {"in", "out", "route", "send"};
+	uint64_t sum_h[DP_LATS][DP_HIST_BUCKETS] = {{0}}, h[DP_LATS][DP_HIST_BUCKETS];
 	const struct ctl_server_stats *s = &v->server->stats;
 
 	fputs("{\"cores\":[", f);
 	for (uint32_t k = 0; k < v->ncores; k++) {
 		dp_core_stats(v->cores[k], &one);
-		dp_core_latency(v->cores[k], cin, cout, croute);
+		dp_core_latency(v->cores[k], h);
 		for (size_t i = 0; i < sizeof(one) / sizeof(uint64_t); i++)
 			((uint64_t *)&sum)[i] += ((uint64_t *)&one)[i];
-		for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++) {
-			in[b] += cin[b];
-			out[b] += cout[b];
-			route[b] += croute[b];
-		}
+		for (int l = 0; l < DP_LATS; l++)
+			for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++)
+				sum_h[l][b] += h[l][b];
 		fputs(k ? "," : "", f);
 		json_stats(f, &one);
 	}
@@ -123,11 +120,10 @@ static void counters(FILE *f, const struct ctl_admin_view *v)
 		(unsigned long long)s->malformed, (unsigned long long)s->hangups,
 		(unsigned long long)s->leases_expired, (unsigned long long)s->dumps_requested,
 		(unsigned long long)s->lanes_broken);
-	json_hist(f, "in", in);
-	fputc(',', f);
-	json_hist(f, "out", out);
-	fputc(',', f);
-	json_hist(f, "route", route);
+	for (int l = 0; l < DP_LATS; l++) {
+		fputs(l ? "," : "", f);
+		json_hist(f, lat_name[l], sum_h[l]);
+	}
 	fputs("}}\n", f);
 }
 

@@ -94,7 +94,7 @@ static void publish_lanes(struct dp_core *c)
 	for (uint32_t k = 0; k < c->ndirty; k++)
 		shm_ring_publish(&c->dirty[k]->mbox.req[c->cfg.index]);
 	if (c->nin)
-		time_round(&c->lat_in, c->in_start, &c->nin, dp_now_ns());
+		time_round(&c->lat[DP_LAT_IN], c->in_start, &c->nin, dp_now_ns());
 }
 
 /* Then wake the workers that sleep (a futex wake each, only for a sleeping one). */
@@ -229,6 +229,26 @@ static unsigned take_commands(struct dp_core *c)
 
 /* ---- the loop ---- */
 
+/*
+ * Submit what the round queued (sends, re-armed receives) without waiting. The answers of the
+ * round are timed to the submit, and the submit apart when it carried sends: for a Unix or
+ * loopback socket the kernel sends inline, waking the client, which on a VM can cost more
+ * than all the router's own work.
+ */
+static void submit_round(struct dp_core *c)
+{
+	uint64_t t = dp_now_ns();
+
+	if (c->nout)
+		time_round(&c->lat[DP_LAT_OUT], c->out_start, &c->nout, t);
+	if (!io_uring_sq_ready(&c->ring))
+		return;
+	io_uring_submit(&c->ring);
+	if (c->sends)
+		dp_hist_add(&c->lat[DP_LAT_SEND], dp_now_ns() - t);
+	c->sends = 0;
+}
+
 static void timers(struct dp_core *c)
 {
 	if (c->now_ns - c->last_timer_ns < TIMER_NS)
@@ -301,11 +321,7 @@ int dp_core_run(struct dp_core *c)
 			dp_req_retry_blocked(c);
 		publish_lanes(c);
 		dp_ingress_flush(c);
-		/* Submit what the round queued (sends, re-armed receives) without waiting. */
-		if (io_uring_sq_ready(&c->ring))
-			io_uring_submit(&c->ring);
-		if (c->nout)
-			time_round(&c->lat_out, c->out_start, &c->nout, dp_now_ns());
+		submit_round(c);
 		/* Last: a futex wake per sleeping worker would hold up the clients' answers,
 		 * and a sleeping worker is not in a hurry by a microsecond. */
 		ring_doorbells(c);
@@ -403,13 +419,11 @@ void dp_core_destroy(struct dp_core *c)
 	free(c);
 }
 
-void dp_core_latency(const struct dp_core *c, uint64_t *in, uint64_t *out, uint64_t *route)
+void dp_core_latency(const struct dp_core *c, uint64_t (*h)[DP_HIST_BUCKETS])
 {
-	for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++) {
-		in[b] = atomic_load_explicit(&c->lat_in.n[b], memory_order_relaxed);
-		out[b] = atomic_load_explicit(&c->lat_out.n[b], memory_order_relaxed);
-		route[b] = atomic_load_explicit(&c->lat_route.n[b], memory_order_relaxed);
-	}
+	for (int k = 0; k < DP_LATS; k++)
+		for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++)
+			h[k][b] = atomic_load_explicit(&c->lat[k].n[b], memory_order_relaxed);
 }
 
 void dp_core_stats(const struct dp_core *c, struct dp_core_stats *out)

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "hist.h"
 #include "ring.h"
 #include "route.h"
 
@@ -100,13 +101,20 @@ int dp_core_run(struct dp_core *c);
 /* Copy the counters; any thread. */
 void dp_core_stats(const struct dp_core *c, struct dp_core_stats *out);
 
-/*
- * Copy the latency histograms (hist.h) of the router's own work, DP_HIST_BUCKETS counts each:
- * @in: a request frame received until its record is published in a worker's lane (parse,
- * route, hand-off); @out: a worker's answer read until the client frame it made is submitted;
- * @route: one routing decision of the policy (hash, index, score, pick). Any thread.
- */
-void dp_core_latency(const struct dp_core *c, uint64_t *in, uint64_t *out, uint64_t *route);
+/* The router's own latencies, each a histogram (hist.h). */
+enum dp_lat {
+	DP_LAT_IN,    /* a request frame received until its record is published in a worker's
+		       * lane (parse, route, hand-off) */
+	DP_LAT_OUT,   /* a worker's answer read until the client frame it made is handed to the
+		       * kernel (the send's SQE submitted) */
+	DP_LAT_ROUTE, /* one routing decision of the policy (hash, index, score, pick) */
+	DP_LAT_SEND,  /* the submit syscall that carried sends: the kernel's part of a send,
+		       * waking the client included */
+	DP_LATS
+};
+
+/* Copy the latency histograms, DP_HIST_BUCKETS counts each, into @h[DP_LATS]. Any thread. */
+void dp_core_latency(const struct dp_core *c, uint64_t (*h)[DP_HIST_BUCKETS]);
 
 /* The routing core, for its counters and explanations once the core stopped. */
 struct rt_core *dp_core_router(struct dp_core *c);

@@ -121,8 +121,8 @@ struct dp_core {
 	 * made is submitted to the kernel. */
 	uint64_t in_start[DP_LAT_SAMPLES], out_start[DP_LAT_SAMPLES];
 	uint32_t nin, nout;
-	struct dp_hist lat_in, lat_out;
-	struct dp_hist lat_route; /* one routing decision (rt_route*), the policy's own time */
+	struct dp_hist lat[DP_LATS]; /* enum dp_lat */
+	uint32_t sends;		     /* sends prepared this round, for DP_LAT_SEND */
 	uint64_t last_timer_ns;
 	_Atomic uint64_t stats[sizeof(struct dp_core_stats) / sizeof(uint64_t)];
 };

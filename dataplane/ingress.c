@@ -120,6 +120,7 @@ static void send_out(struct dp_core *c, uint32_t i)
 		return;
 	io_uring_prep_send(sqe, cn->fd, b->p + cn->sent, b->len - cn->sent, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, tag(OP_SEND, i, cn->gen));
+	c->sends++;
 	cn->sending = true;
 	cn->ops++;
 }

@@ -466,7 +466,7 @@ void dp_req_start(struct dp_core *c, uint32_t conn, const struct dp_frame_reques
 		uint64_t t0 = dp_now_ns();
 
 		rc = rt_route(&c->rt, &r->rq, &plan);
-		dp_hist_add(&c->lat_route, dp_now_ns() - t0);
+		dp_hist_add(&c->lat[DP_LAT_ROUTE], dp_now_ns() - t0);
 	}
 	if (rc) {
 		if (rc == -ENOBUFS)
@@ -554,7 +554,7 @@ static void on_prefilled(struct dp_core *c, uint32_t i, const struct shm_lane_an
 	r->peer = NULL;
 	t0 = dp_now_ns();
 	rc = rt_route_decode(&c->rt, &r->rq, r->prefill.target, &ch);
-	dp_hist_add(&c->lat_route, dp_now_ns() - t0);
+	dp_hist_add(&c->lat[DP_LAT_ROUTE], dp_now_ns() - t0);
 	if (rc == -ENOENT) { /* the prefill worker left before its answer was read */
 		prefill_failed(c, i, "the prefill worker went away");
 		return;

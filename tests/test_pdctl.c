@@ -307,8 +307,11 @@ Test(pdctl, counters_and_explain)
 	cr_assert(strstr(run.out, "\nrequests "), "%s", run.out);
 	cr_assert(strstr(run.out, "\ncontrol.registered "), "%s", run.out);
 	cr_assert(strstr(run.out, "\nrouter in (frame -> worker ring): p50 "), "%s", run.out);
-	cr_assert(strstr(run.out, "\nrouter out (worker answer -> frame sent): p50 "), "%s",
+	cr_assert(strstr(run.out, "\nrouter out (worker answer -> frame to the kernel): p50 "),
+		  "%s", run.out);
+	cr_assert(strstr(run.out, "\nkernel send (submits with sends, waking clients): p50 "), "%s",
 		  run.out);
+	cr_assert(strstr(run.out, "\nrouting decision (rt_route): p50 "), "%s", run.out);
 	cr_assert_eq(pdctl("--admin", t.admin, "--json", "counters", NULL), 0);
 	cr_assert(strstr(run.out, "\"control\":{\"workers\":2,"), "%s", run.out);
 	cr_assert_eq(pdctl("--admin", t.admin, "explain", NULL), 0, "%s", run.err);

@@ -419,8 +419,10 @@ static int show_counters(struct json_object *a, const char *arg)
 	print_pairs(total, "");
 	/* Prefixed: "lanes_broken" is both a dataplane and a control counter. */
 	print_pairs(control, "control.");
+	print_latency(lat, "route", "routing decision (rt_route)");
 	print_latency(lat, "in", "router in (frame -> worker ring)");
-	print_latency(lat, "out", "router out (worker answer -> frame sent)");
+	print_latency(lat, "out", "router out (worker answer -> frame to the kernel)");
+	print_latency(lat, "send", "kernel send (submits with sends, waking clients)");
 	return 0;
 }
 
