@@ -58,6 +58,19 @@ int bench_mailbox_main(int argc, char **argv);
 int bench_load_main(int argc, char **argv);
 
 /**
+ * bench_quality_main - `pdbench quality`: every routing policy on one trace, end to end
+ * (bench_quality*.c): starts pdrouter and pdmock workers per policy, replays the trace with
+ * `pdbench load`, stops them, and reports hit rate, TTFT, end to end and throughput side by
+ * side.
+ * @argc, @argv: the arguments from "quality" on.
+ *
+ * Returns BENCH_OK, BENCH_FAILED (a policy's run failed or had errors, a report could not be
+ * written, interrupted) or BENCH_USAGE (bad arguments, an unreadable trace, pdrouter or pdmock
+ * not found).
+ */
+int bench_quality_main(int argc, char **argv);
+
+/**
  * bench_parse_u32 - parse a decimal integer in [@min, @max] for option @name.
  *
  * Returns 0, or -EINVAL after printing what is wrong to stderr.

@@ -25,6 +25,7 @@ static const struct bench_cmd bench_cmds[] = {
     {"route", bench_route_main, "routing decision latency over a populated index (rt_*)"},
     {"mailbox", bench_mailbox_main, "hand-off over a shared-memory lane ring (shm_ring_*)"},
     {"load", bench_load_main, "drive a running pdrouter: latency, throughput, KV hit rate"},
+    {"quality", bench_quality_main, "compare the routing policies on a trace, end to end"},
 };
 
 #define BENCH_NCMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))

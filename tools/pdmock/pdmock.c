@@ -44,6 +44,7 @@ struct mk_opts {
 
 struct mk_seq {
 	bool live, running;
+	bool transferred; /* decode mode: its KV came from the prefill worker, nothing to prefill */
 	uint64_t request_id;
 	uint64_t due_ns; /* not admitted before (--stall-ms) */
 	uint32_t lane, max_tokens, generated, ntokens;
@@ -263,6 +264,7 @@ static void take(struct mk *m, const struct pdw_request *r)
 		return;
 	}
 	*s = (struct mk_seq){.live = true, .request_id = r->req.request_id, .lane = r->lane,
+			     .transferred = r->req.mode == SHM_LANE_DECODE,
 			     .due_ns = now_ns() + m->o.stall_ms * 1000000ull,
 			     .max_tokens = m->o.mode == PDW_PREFILL ? 1 : r->req.max_tokens,
 			     .ntokens = r->req.ntokens,
@@ -304,8 +306,9 @@ static double admit(struct mk *m)
 
 		if (!s->live || s->running || s->due_ns > now)
 			continue; /* free, running, or held by --stall-ms */
-		n = s->ntokens - mk_cache_lookup(&m->cache, s->prompt, s->ntokens) *
-				     m->o.block_size;
+		n = s->transferred ? 0
+				   : s->ntokens - mk_cache_lookup(&m->cache, s->prompt, s->ntokens) *
+							  m->o.block_size;
 		/* A prompt over the whole budget still goes, alone in its step (what chunked
 		 * prefill amounts to), or it would wait forever. */
 		if ((n > budget && budget < m->o.max_batched_tokens) ||
@@ -322,7 +325,8 @@ static double admit(struct mk *m)
 		}
 		budget -= n < budget ? n : budget;
 		s->running = true;
-		ms += 1.25e-6 * n * n + 0.0741 * n + 26.2;
+		if (!s->transferred) /* a transferred prompt's KV is already here: no prefill */
+			ms += 1.25e-6 * n * n + 0.0741 * n + 26.2;
 	}
 	return ms;
 }
