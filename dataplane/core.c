@@ -314,16 +314,18 @@ int dp_core_run(struct dp_core *c)
 		unsigned work;
 
 		c->now_ns = dp_now_ns();
+		/* New requests first, to the workers at once: a round's answers are not made to
+		 * wait for them, nor they for the answers. */
 		work = dp_ingress_reap(c);
 		work += take_commands(c);
+		publish_lanes(c);
+		ring_doorbells(c);
 		work += poll_lanes(c);
 		if (c->queue[DP_Q_BLOCKED].n)
 			dp_req_retry_blocked(c);
-		publish_lanes(c);
+		publish_lanes(c); /* cancels, re-routes and retried posts of the answers */
 		dp_ingress_flush(c);
 		submit_round(c);
-		/* Last: a futex wake per sleeping worker would hold up the clients' answers,
-		 * and a sleeping worker is not in a hurry by a microsecond. */
 		ring_doorbells(c);
 		timers(c);
 		if (work)
