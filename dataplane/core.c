@@ -87,9 +87,9 @@ void dp_core_mark_dirty(struct dp_core *c, struct dp_peer *p)
 		c->dirty[c->ndirty++] = p;
 }
 
-/* Publish every lane posted to this round; the hand-offs are timed here, once the records
- * are visible to the workers. */
-static void publish_lanes(struct dp_core *c)
+/* Publish every lane posted to so far; the hand-offs are timed here, once the records are
+ * visible to the workers. Cheap (a release store per lane): done after every receive. */
+void dp_core_publish(struct dp_core *c)
 {
 	for (uint32_t k = 0; k < c->ndirty; k++)
 		shm_ring_publish(&c->dirty[k]->mbox.req[c->cfg.index]);
@@ -206,7 +206,7 @@ static unsigned take_commands(struct dp_core *c)
 		case DP_CMD_PEER_GONE:
 			forget_peer(c, cmd.peer);
 			dp_req_peer_gone(c, cmd.peer);
-			publish_lanes(c); /* cancels and re-routes to other workers */
+			dp_core_publish(c); /* cancels and re-routes to other workers */
 			ring_doorbells(c);
 			/* R9: every touch of the peer's mailbox above happens before the control
 			 * thread sees the count and unmaps it; pairs with A9 in control. */
@@ -282,7 +282,7 @@ static void shut_down(struct dp_core *c)
 	for (int q = DP_Q_PREFILL; q < DP_QUEUES; q++)
 		while (c->queue[q].head != DP_NIL)
 			dp_req_abort(c, c->queue[q].head, -ESHUTDOWN, "the router is shutting down");
-	publish_lanes(c);
+	dp_core_publish(c);
 	ring_doorbells(c);
 	for (uint32_t i = 0; i < c->cfg.max_conns; i++)
 		if (c->conns[i].state == DP_CONN_OPEN)
@@ -318,12 +318,12 @@ int dp_core_run(struct dp_core *c)
 		 * wait for them, nor they for the answers. */
 		work = dp_ingress_reap(c);
 		work += take_commands(c);
-		publish_lanes(c);
+		dp_core_publish(c);
 		ring_doorbells(c);
 		work += poll_lanes(c);
 		if (c->queue[DP_Q_BLOCKED].n)
 			dp_req_retry_blocked(c);
-		publish_lanes(c); /* cancels, re-routes and retried posts of the answers */
+		dp_core_publish(c); /* cancels, re-routes and retried posts of the answers */
 		dp_ingress_flush(c);
 		submit_round(c);
 		ring_doorbells(c);

@@ -150,6 +150,8 @@ struct dp_link *dp_queue_link(struct dp_core *c, uint32_t i);
 
 /* core.c: @p's lane has committed requests to publish at the end of the round. */
 void dp_core_mark_dirty(struct dp_core *c, struct dp_peer *p);
+/* core.c: publish the lanes posted to, timing the hand-offs; doorbells come later. */
+void dp_core_publish(struct dp_core *c);
 /* core.c: @p's lane broke the rules: give it up, fail its requests, have control drop it. */
 void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p);
 

@@ -310,9 +310,12 @@ static void on_recv(struct dp_core *c, uint32_t i, const struct io_uring_cqe *cq
 		uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
 
 		c->frame_ns = dp_now_ns();
-		if (cqe->res > 0 && cn->state == DP_CONN_OPEN)
+		if (cqe->res > 0 && cn->state == DP_CONN_OPEN) {
 			on_bytes(c, i, c->buf_mem + (size_t)bid * DP_RECV_BUF_BYTES,
 				 (size_t)cqe->res);
+			/* Its requests go to the workers now, not after the rest of the round. */
+			dp_core_publish(c);
+		}
 		recycle_buffer(c, bid);
 	}
 	if (more)
