@@ -16,17 +16,7 @@
 
 #include "pdclient.h"
 
-/* 1 when built with a sanitizer: every process is several times slower then. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define T_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define T_SANITIZED 1
-#endif
-#endif
-#ifndef T_SANITIZED
-#define T_SANITIZED 0
-#endif
+#include "sanitized.h" /* T_SANITIZED */
 
 #define T_MODEL "m" /* the model every worker serves unless told otherwise */
 #define T_BLOCK 64u /* pdmock's block size, in tokens */

@@ -16,17 +16,7 @@
 #include "index.h"
 #include "rng.h" /* t_mix64(), struct t_rng and its t_rng_*() */
 
-/* 1 when built with a sanitizer: the few quadratic tests then run smaller. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define T_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define T_SANITIZED 1
-#endif
-#endif
-#ifndef T_SANITIZED
-#define T_SANITIZED 0
-#endif
+#include "sanitized.h" /* T_SANITIZED */
 
 /* calloc that fails the test instead of returning NULL. */
 void *t_calloc(size_t n, size_t size);

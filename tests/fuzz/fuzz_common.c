@@ -128,3 +128,15 @@ void t_fuzz_replay_files(int argc, char **argv, int first)
 }
 
 #endif
+
+int t_fuzz_begin(int argc, char **argv, unsigned long *inputs, uint64_t *seed)
+{
+	int first = t_fuzz_args(argc, argv, inputs, seed);
+
+	if (first < 0)
+		return -1;
+	t_fuzz_replay_files(argc, argv, first);
+	if (first < argc)
+		*inputs = 0;
+	return argc - first;
+}

@@ -36,4 +36,8 @@ int t_fuzz_args(int argc, char **argv, unsigned long *inputs, uint64_t *seed);
 /* Run each of argv[first..argc) through LLVMFuzzerTestOneInput(); exits 1 if one won't open. */
 void t_fuzz_replay_files(int argc, char **argv, int first);
 
+/* The replay driver's start: parse the arguments, run the FILEs given and then leave *@inputs
+ * 0 (a replay generates nothing). Returns how many FILEs ran, or -1 after the usage. */
+int t_fuzz_begin(int argc, char **argv, unsigned long *inputs, uint64_t *seed);
+
 #endif

@@ -585,17 +585,14 @@ static void run_copy(const struct input *in, size_t off, bool whole)
 
 int main(int argc, char **argv)
 {
+	int files;
 	static struct input in;
 	unsigned long inputs = 200000, whole = 0;
 	uint64_t seed = 42;
-	int first;
 
-	first = t_fuzz_args(argc, argv, &inputs, &seed);
-	if (first < 0)
+	files = t_fuzz_begin(argc, argv, &inputs, &seed);
+	if (files < 0)
 		return 2;
-	t_fuzz_replay_files(argc, argv, first);
-	if (first < argc)
-		inputs = 0;
 	t_rng_seed(&rng, seed);
 	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++) {
 		bool mutated = t_rng_chance(&rng, 80);
@@ -614,7 +611,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)seed, whole, outcome[O_LEN_OK], outcome[O_REQ_OK],
 	       outcome[O_REQ_BADMSG], outcome[O_REQ_INVAL], outcome[O_REQ_2BIG], outcome[O_EV_OK],
 	       outcome[O_EV_BAD]);
-	printf("fuzz_frame: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
+	printf("fuzz_frame: %lu inputs, ok\n", inputs + (unsigned long)files);
 	return 0;
 }
 

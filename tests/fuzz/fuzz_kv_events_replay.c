@@ -348,20 +348,17 @@ static void gen_input(struct gen *s, void *scratch)
 
 int main(int argc, char **argv)
 {
+	int files;
 	static struct gen s;
 	unsigned long inputs = 100000;
 	uint64_t seed = 42;
 	const struct ctl_kv_stats *st;
 	void *scratch;
-	int first;
 
-	first = t_fuzz_args(argc, argv, &inputs, &seed);
-	if (first < 0)
-		return 2;
 	kvf_setup();
-	t_fuzz_replay_files(argc, argv, first);
-	if (first < argc)
-		inputs = 0;
+	files = t_fuzz_begin(argc, argv, &inputs, &seed);
+	if (files < 0)
+		return 2;
 	if (posix_memalign(&scratch, 64, shm_ring_bytes(RAW_SIZE(7))))
 		return 1;
 	t_rng_seed(&rng, seed);
@@ -383,6 +380,6 @@ int main(int argc, char **argv)
 	       (unsigned long long)st->unknown_rank, (unsigned long long)st->unknown_type,
 	       (unsigned long long)st->loads, (unsigned long long)st->blocks_stored,
 	       (unsigned long long)st->blocks_removed);
-	printf("fuzz_kv_events: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
+	printf("fuzz_kv_events: %lu inputs, ok\n", inputs + (unsigned long)files);
 	return 0;
 }

@@ -594,16 +594,13 @@ static size_t gen_ring(uint8_t *in)
 
 int main(int argc, char **argv)
 {
+	int files;
 	unsigned long inputs = 100000;
 	uint64_t seed = 42;
-	int first;
 
-	first = t_fuzz_args(argc, argv, &inputs, &seed);
-	if (first < 0)
+	files = t_fuzz_begin(argc, argv, &inputs, &seed);
+	if (files < 0)
 		return 2;
-	t_fuzz_replay_files(argc, argv, first);
-	if (first < argc)
-		inputs = 0;
 	t_rng_seed(&rng, seed);
 	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++)
 		LLVMFuzzerTestOneInput(buf,
@@ -618,7 +615,7 @@ int main(int argc, char **argv)
 	printf("fuzz_lanes: polls: %lu requests, %lu cancels, %lu -EAGAIN, %lu -EBADMSG; "
 	       "%lu rings scribbled\n", outcome[O_POLL_REQ], outcome[O_POLL_CANCEL],
 	       outcome[O_POLL_AGAIN], outcome[O_POLL_BAD], outcome[O_SCRIBBLED]);
-	printf("fuzz_lanes: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
+	printf("fuzz_lanes: %lu inputs, ok\n", inputs + (unsigned long)files);
 	return 0;
 }
 

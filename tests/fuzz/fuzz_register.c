@@ -492,17 +492,15 @@ static int run_copy(const uint8_t *data, size_t n, size_t off)
 
 int main(int argc, char **argv)
 {
+	int files;
 	static struct input in;
 	unsigned long inputs = 100000, whole = 0;
 	uint64_t seed = 42;
-	int first, rc;
+	int rc;
 
-	first = t_fuzz_args(argc, argv, &inputs, &seed);
-	if (first < 0)
+	files = t_fuzz_begin(argc, argv, &inputs, &seed);
+	if (files < 0)
 		return 2;
-	t_fuzz_replay_files(argc, argv, first);
-	if (first < argc)
-		inputs = 0;
 	t_rng_seed(&rng, seed);
 	for (t_fuzz_input_number = 0; t_fuzz_input_number < inputs; t_fuzz_input_number++) {
 		bool mutated = t_rng_chance(&rng, 80);
@@ -522,7 +520,7 @@ int main(int argc, char **argv)
 	       "-EPROTONOSUPPORT %lu, -EINVAL %lu\n",
 	       (unsigned long long)seed, whole, outcome[0], outcome[4], outcome[1], outcome[2],
 	       outcome[3]);
-	printf("fuzz_register: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
+	printf("fuzz_register: %lu inputs, ok\n", inputs + (unsigned long)files);
 	return 0;
 }
 

@@ -418,18 +418,15 @@ static void mutate_once(struct input *in, uint32_t size)
 
 int main(int argc, char **argv)
 {
+	int files;
 	static struct input in;
 	unsigned long inputs = 100000;
 	uint64_t seed = 42;
 	void *scratch;
-	int first;
 
-	first = t_fuzz_args(argc, argv, &inputs, &seed);
-	if (first < 0)
+	files = t_fuzz_begin(argc, argv, &inputs, &seed);
+	if (files < 0)
 		return 2;
-	t_fuzz_replay_files(argc, argv, first);
-	if (first < argc)
-		inputs = 0;
 	if (posix_memalign(&scratch, 64, shm_ring_bytes(MAX_SIZE)))
 		return 1;
 	t_rng_seed(&rng, seed);
@@ -447,7 +444,7 @@ int main(int argc, char **argv)
 	free(scratch);
 	printf("fuzz_ring: seed %llu; attach refused %lu, ran dry %lu, -EBADMSG %lu\n",
 	       (unsigned long long)seed, outcome[0], outcome[1], outcome[2]);
-	printf("fuzz_ring: %lu inputs, ok\n", inputs + (unsigned long)(argc - first));
+	printf("fuzz_ring: %lu inputs, ok\n", inputs + (unsigned long)files);
 	return 0;
 }
 
