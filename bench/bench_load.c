@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -67,7 +68,8 @@ static const char usage_text[] =
 	"  synthetic      --prompt-tokens MEAN (2048) --prompt-dist D, --output-tokens\n"
 	"   (default)     MEAN (16) --output-dist D; D: fixed (default), uniform (MEAN +-\n"
 	"                 MEAN/2) or exponential (1 .. 8 x MEAN). --prefixes N (8) groups\n"
-	"                 each share the first --prefix-ratio R (0.5) of every prompt;\n"
+	"                 each share the first --prefix-ratio R (0.5) of every prompt\n"
+	"                 (a list R1,R2,...: one run each, a sweep);\n"
 	"                 the rest is the request's own. --seed N (1).\n"
 	"Schedule (--schedule; default: trace with --speedup, poisson with --rate, else\n"
 	"closed):\n"
@@ -432,7 +434,8 @@ static int results(struct load *l, const struct load_router *rt, uint64_t elapse
 	struct load_info info = {.sched = l->o.sched, .rate = l->o.rate, .speedup = l->o.speedup,
 				 .connections = l->o.connections, .concurrency = l->o.concurrency,
 				 .io = l->io.uring ? "io_uring" : "poll",
-				 .source = l->o.trace ? l->o.trace : "synthetic"};
+				 .source = l->o.trace ? l->o.trace : "synthetic",
+				 .prefix_ratio = l->o.trace ? -1 : l->o.synth.prefix_ratio};
 	struct load_summary s;
 	int rc = 0, plot;
 
@@ -459,12 +462,69 @@ out:
 	return rc;
 }
 
+/*
+ * --prefix-ratio A,B,...: a sweep, one run per ratio, each in a child pdbench load so that
+ * every run starts as fresh as a single one. Returns -1 when the option is no list.
+ */
+static int sweep(int argc, char **argv)
+{
+	char **args = calloc((size_t)argc + 1, sizeof(*args)), *list = NULL, *save, *v;
+	int at = -1, status = BENCH_OK;
+
+	for (int i = 1; i + 1 < argc && at < 0; i++)
+		if (!strcmp(argv[i], "--prefix-ratio") && strchr(argv[i + 1], ','))
+			at = i + 1;
+	if (at < 0 || !args || !(list = strdup(argv[at]))) {
+		free(args);
+		return at < 0 ? -1 : BENCH_FAILED;
+	}
+	memcpy(args, argv, (size_t)argc * sizeof(*args));
+	for (v = strtok_r(list, ",", &save); v; v = strtok_r(NULL, ",", &save)) {
+		char self[] = "/proc/self/exe";
+		int ws;
+		pid_t pid;
+
+		args[at] = v;
+		fflush(stdout);
+		pid = fork();
+		if (pid == 0) {
+			char **full = calloc((size_t)argc + 2, sizeof(*full));
+			char load[] = "load";
+
+			/* pdbench load ARGS...: argv[0] here is pdbench's "pdbench load" */
+			full[0] = self;
+			full[1] = load;
+			memcpy(full + 2, args + 1, (size_t)(argc - 1) * sizeof(*full));
+			execv(self, full);
+			_exit(BENCH_USAGE);
+		}
+		if (pid < 0 || waitpid(pid, &ws, 0) < 0 || !WIFEXITED(ws)) {
+			status = BENCH_FAILED;
+			break;
+		}
+		if (WEXITSTATUS(ws) == BENCH_USAGE) {
+			status = BENCH_USAGE;
+			break;
+		}
+		if (WEXITSTATUS(ws) != BENCH_OK)
+			status = BENCH_FAILED;
+	}
+	free(list);
+	free(args);
+	return status;
+}
+
 int bench_load_main(int argc, char **argv)
 {
 	static struct load l;
+	int swept = sweep(argc, argv);
+
+	if (swept >= 0)
+		return swept;
 	static uint64_t h0[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS], h1[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS];
 	struct load_router rt = {0};
 	int rc = parse(argc, argv, &l.o), status;
+
 
 	if (rc == 1)
 		fputs(usage_text, stdout);

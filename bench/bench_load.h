@@ -216,6 +216,7 @@ struct load_info {
 	uint32_t connections, concurrency;
 	const char *io;	    /* "io_uring" or "poll" */
 	const char *source; /* the trace's path, or "synthetic" */
+	double prefix_ratio; /* synthetic: the shared part of every prompt; a trace: -1 */
 };
 
 /* The router's own latency over the run: histogram deltas of its admin "counters". */

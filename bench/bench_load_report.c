@@ -21,6 +21,8 @@ static const char *const plan_names[4] = {
 static void describe_run(FILE *f, const struct load_info *in)
 {
 	fprintf(f, "pdbench load: %s, ", in->source);
+	if (in->prefix_ratio >= 0)
+		fprintf(f, "shared prefix %.0f%%, ", 100 * in->prefix_ratio);
 	if (in->sched == LOAD_SCHED_CLOSED)
 		fprintf(f, "closed loop with %u in flight", in->concurrency);
 	else if (in->sched == LOAD_SCHED_TRACE)
@@ -115,7 +117,9 @@ void load_report_json(FILE *f, const struct load_info *in, const struct load_sum
 {
 	double secs = (double)s->elapsed_ns / 1e9;
 
-	fprintf(f, "{\"bench\":\"load\",\"schedule\":\"%s\",\"rate\":%g,\"speedup\":%g,"
+	fprintf(f, "{\"bench\":\"load\",\"source\":\"%s\",\"prefix_ratio\":%g,", in->source,
+		in->prefix_ratio);
+	fprintf(f, "\"schedule\":\"%s\",\"rate\":%g,\"speedup\":%g,"
 		   "\"connections\":%u,\"concurrency\":%u,\"io\":\"%s\",\"latency_from\":\"%s\","
 		   "\"seconds\":%.3f,\"sent\":%" PRIu64 ",\"completed\":%" PRIu64
 		   ",\"errors\":%" PRIu64 ",\"unanswered\":%" PRIu64 ",\"requests_per_s\":%.1f,"

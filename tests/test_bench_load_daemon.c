@@ -178,3 +178,42 @@ Test(bench_load_daemon, trace_run_over_poll_completes_and_reports)
 	unlink(csv);
 	json_object_put(o);
 }
+
+/* --prefix-ratio A,B: a sweep, one run each, one JSON line each, and the hit rate follows the
+ * shared part of the prompts (pdmock's cache model keeps the shared prefixes). */
+Test(bench_load_daemon, prefix_ratio_list_sweeps_one_run_per_ratio)
+{
+	char json[128], line[8192];
+	double hit[2] = {0}, ratio[2] = {0};
+	int n = 0;
+	FILE *f;
+	char *argv[] = {"load", "--router", t_d.listen, "--model", T_MODEL, "--concurrency", "4",
+			"--requests", "64", "--prompt-tokens", "1024", "--prefixes", "2",
+			"--prefix-ratio", "0.1,0.9", "--json", NULL};
+
+	in_dir(json, sizeof(json), "sweep.json");
+	t_router_start(NULL);
+	t_worker("aggregated", "--speedup", "1000", NULL);
+	cr_assert_eq(pdbench(json, argv), 0, "pdbench load sweep failed");
+	f = fopen(json, "r");
+	cr_assert_not_null(f);
+	while (n < 3 && fgets(line, sizeof(line), f)) {
+		struct json_object *o = json_tokener_parse(line), *v;
+
+		cr_assert_not_null(o, "not JSON: %s", line);
+		cr_assert_lt(n, 2, "more than one line per ratio");
+		cr_assert(json_object_object_get_ex(o, "prefix_ratio", &v));
+		ratio[n] = json_object_get_double(v);
+		cr_assert(json_object_object_get_ex(o, "kv_hit_rate", &v));
+		hit[n] = json_object_get_double(v);
+		cr_assert_eq(json_int(o, "errors"), 0);
+		json_object_put(o);
+		n++;
+	}
+	fclose(f);
+	cr_assert_eq(n, 2, "one JSON line per ratio");
+	cr_assert_float_eq(ratio[0], 0.1, 1e-9);
+	cr_assert_float_eq(ratio[1], 0.9, 1e-9);
+	cr_assert_gt(hit[1], hit[0] + 0.3, "hit rates %.3f then %.3f", hit[0], hit[1]);
+	unlink(json);
+}
