@@ -265,7 +265,8 @@ void qual_plot_script(FILE *f)
 		   "plot 'quality.dat' using 1:3:xtic(2) with boxes notitle\n"
 		   "set output 'ttft.png'\n"
 		   "set title 'time to first token by routing policy (engine clock)'\n"
-		   "set ylabel 'ms'\nset key top left\n"
+		   "set ylabel 'ms (log scale)'\nset key top left\nset logscale y\n"
+		   "set yrange [*:*]\n"
 		   "set style data histograms\nset style histogram clustered gap 1\n"
 		   "plot 'quality.dat' using 4:xtic(2) title 'mean', '' using 5 title 'p99'\n");
 }

@@ -10,8 +10,10 @@ set ylabel 'cached / prompt tokens (%)'
 plot 'quality.dat' using 1:3:xtic(2) with boxes notitle
 set output 'ttft.png'
 set title 'time to first token by routing policy (engine clock)'
-set ylabel 'ms'
+set ylabel 'ms (log scale)'
 set key top left
+set logscale y
+set yrange [*:*]
 set style data histograms
 set style histogram clustered gap 1
 plot 'quality.dat' using 4:xtic(2) title 'mean', '' using 5 title 'p99'
