@@ -38,6 +38,8 @@ struct pdw {
 /* For bindings that cannot see the structure (Python's ctypes): its size, to allocate one,
  * and the two fields they need. */
 size_t pdw_size(void);
+/* The same for struct pdw_request, so a binding can check its own copy of the layout. */
+size_t pdw_request_size(void);
 uint32_t pdw_worker_id(const struct pdw *w);
 const char *pdw_reason(const struct pdw *w);
 

@@ -15,6 +15,11 @@
 
 #define PDW_RANKS_MAX 64u
 
+size_t pdw_request_size(void)
+{
+	return sizeof(struct pdw_request);
+}
+
 size_t pdw_size(void)
 {
 	return sizeof(struct pdw);

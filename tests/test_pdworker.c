@@ -240,11 +240,23 @@ Test(pdworker, example_worker_registers_publishes_and_leaves_on_sigterm)
 	fx_close(&f);
 }
 
+static struct shm_lane_answer ask(struct fx *f, struct shm_lane_request *req, const char *params,
+				  uint32_t *tokens, char *blob, size_t cap);
+
 /* shm/python/example_worker.py, through the ctypes binding and the shared libpdworker, does
- * what the C example does. Skipped where there is no python3. */
-Test(pdworker, python_example_worker_registers_publishes_and_leaves_on_sigterm)
+ * what the C example does, and serves requests in every mode. Skipped where there is no
+ * python3. */
+Test(pdworker, python_example_worker_registers_publishes_serves_and_leaves_on_sigterm)
 {
-	char script[512];
+	struct shm_lane_request agg = {.request_id = 1, .max_tokens = 5};
+	struct shm_lane_request pre = {.request_id = 2, .mode = SHM_LANE_PREFILL, .max_tokens = 1};
+	struct shm_lane_request dec = {.request_id = 3, .mode = SHM_LANE_DECODE, .max_tokens = 3,
+				       .nparams = 10};
+	struct shm_lane_request bad = {.request_id = 4, .mode = SHM_LANE_DECODE, .max_tokens = 3,
+				       .nparams = 5};
+	struct shm_lane_answer a;
+	char script[512], blob[128];
+	uint32_t got;
 	struct fx f;
 	pid_t pid;
 	int status;
@@ -264,6 +276,18 @@ Test(pdworker, python_example_worker_registers_publishes_and_leaves_on_sigterm)
 		_exit(127);
 	}
 	cr_assert(serve_until(&f, example_published), "the Python example's blocks never arrived");
+	a = ask(&f, &agg, NULL, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_DONE, "aggregated: answer type %u", a.type);
+	cr_assert_eq(got, 5);
+	a = ask(&f, &pre, NULL, &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_PREFILLED, "prefill: answer type %u", a.type);
+	cr_assert(!strncmp(blob, "example:", 8), "params '%s'", blob);
+	a = ask(&f, &dec, "example:xy", &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_DONE, "decode: answer type %u (%s)", a.type, blob);
+	cr_assert_eq(got, 3);
+	a = ask(&f, &bad, "other", &got, blob, sizeof(blob));
+	cr_assert_eq(a.type, SHM_LANE_ERROR, "decode without its params: answer type %u", a.type);
+	cr_assert_eq((int32_t)a.value, -EINVAL);
 	cr_assert_eq(kill(pid, SIGTERM), 0);
 	cr_assert(serve_until(&f, worker_gone));
 	cr_assert_eq(waitpid(pid, &status, 0), pid);

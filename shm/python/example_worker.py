@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""The Python twin of tools/example_worker.c: register, publish a few prompts' KV blocks,
-report load, keep the lease until SIGTERM or SIGINT. Usage: example_worker.py SOCKET [MODEL]"""
+"""An engine adapter in Python, on pdworker: register, publish a few prompts' KV blocks,
+report load, keep the lease, and serve requests until SIGTERM or SIGINT. Its "engine" makes
+no tokens worth reading: 1000, 1001, ... max_tokens of them; a prefill answers with params
+that name it. Usage: example_worker.py SOCKET [MODEL]"""
 
+import errno
 import signal
 import sys
-import time
 
 import pdworker
 
@@ -15,6 +17,19 @@ def publish_cache(w):
     for p in range(PROMPTS):
         tokens = [p * 1000 + i for i in range(BLOCKS * BLOCK_SIZE)]
         w.stored(0, [p << 32 | b for b in range(BLOCKS)], tokens=tokens)
+
+
+def serve(w, wid, req):
+    if req.cancel:  # nothing is kept per request here, so there is nothing to stop
+        return
+    if req.mode == pdworker.MODE_PREFILL:  # compute the KV, hand its whereabouts back
+        w.post_prefilled(req, 1000, b"example:worker=%d;tokens=%d" % (wid, len(req.tokens)))
+        return
+    if req.mode == pdworker.MODE_DECODE and not req.params.startswith(b"example:"):
+        w.post_error(req, errno.EINVAL, "decode without this example's prefill params")
+        return
+    w.post_tokens(req, [1000 + i for i in range(req.max_tokens)])
+    w.post_done(req)
 
 
 def main(argv):
@@ -36,10 +51,19 @@ def main(argv):
         w.load(0, PROMPTS * BLOCKS)
         while not stop:
             w.heartbeat()
-            if w.wants_dump():  # the router lost an event: send the whole cache again
+            try:
+                dump = w.wants_dump()
+            except BrokenPipeError:  # the router stopped (pdmock shows how to wait for the next)
+                print("example_worker.py: the router went away", file=sys.stderr)
+                return 0
+            if dump:  # the router lost an event: send the whole cache again
                 w.cleared(0)
                 publish_cache(w)
-            time.sleep(0.2)
+            req = w.poll()
+            while req is not None:
+                serve(w, wid, req)
+                req = w.poll()
+            w.wait(0.2)  # until the router rings the doorbell
     return 0
 
 

@@ -1,9 +1,10 @@
 """pdworker: adapt a Python inference engine to pdrouter, with the standard library only.
 
 A thin ctypes layer over libpdworker (shm/pdworker.h): connect to the router's control
-socket, register, publish KV-cache events and load, keep the lease with heartbeats. Errors
-come back as OSError with the errno the C library returned; a refused registration raises
-RegistrationRefused with the router's reason.
+socket, register, publish KV-cache events and load, keep the lease with heartbeats, and serve
+requests: poll() or wait() for them, answer with post_tokens(), post_prefilled(), post_done()
+or post_error(). Errors come back as OSError with the errno the C library returned; a refused
+registration raises RegistrationRefused with the router's reason.
 
 The shared library is found through the PDWORKER_LIB environment variable, else as
 "libpdworker.so.0" on the loader's path.
@@ -12,8 +13,12 @@ The shared library is found through the PDWORKER_LIB environment variable, else 
 import ctypes
 import errno
 import os
+import time
 
 PREFILL, DECODE, AGGREGATED = 0, 1, 2
+# What a request asks of the worker (Request.mode; shm/lanes.h enum shm_lane_mode).
+MODE_AGGREGATED, MODE_PREFILL, MODE_DECODE = 0, 1, 2
+FINISH_STOP, FINISH_LENGTH = 0, 1
 MODEL_CHAT, MODEL_COMPLETIONS, MODEL_EMPTY = 0, 1, 2
 NEEDS_PREFILL, NEEDS_DECODE = 1, 2
 TRANSFER_NONE, TRANSFER_PREFERRED, TRANSFER_REQUIRED = 0, 1, 2
@@ -57,6 +62,35 @@ class _RegisterArgs(ctypes.Structure):
 assert ctypes.sizeof(_Register) == 56, "out of step with shm/proto.h"
 
 
+class _LaneRequest(ctypes.Structure):  # struct shm_lane_request
+    _fields_ = [("request_id", ctypes.c_uint64), ("mode", ctypes.c_uint32),
+                ("ntokens", ctypes.c_uint32), ("max_tokens", ctypes.c_uint32),
+                ("nparams", ctypes.c_uint32), ("prefill_worker", ctypes.c_uint32),
+                ("dp_rank", ctypes.c_uint32), ("room_id", ctypes.c_uint64),
+                ("nsampling", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class _PdwRequest(ctypes.Structure):  # struct pdw_request
+    _fields_ = [("lane", ctypes.c_uint32), ("cancel", ctypes.c_bool), ("req", _LaneRequest),
+                ("tokens", ctypes.POINTER(ctypes.c_uint32)),
+                ("params", ctypes.POINTER(ctypes.c_uint8)),
+                ("sampling", ctypes.POINTER(ctypes.c_uint8))]
+
+
+class Request:
+    """A request (or a cancel) from the router, copied out of the mailbox: answer it on its
+    lane with the Worker's post_*() methods, quoting the request."""
+
+    def __init__(self, r):
+        q = r.req
+        self.lane, self.cancel, self.id = r.lane, bool(r.cancel), q.request_id
+        self.mode, self.max_tokens = q.mode, q.max_tokens
+        self.prefill_worker, self.dp_rank, self.room_id = q.prefill_worker, q.dp_rank, q.room_id
+        self.tokens = r.tokens[:q.ntokens] if not self.cancel else []
+        self.params = ctypes.string_at(r.params, q.nparams) if q.nparams else b""
+        self.sampling = ctypes.string_at(r.sampling, q.nsampling) if q.nsampling else b""
+
+
 class RegistrationRefused(Exception):
     """The router refused the registration; str() is its reason."""
 
@@ -77,12 +111,24 @@ def _load():
         "pdw_publish_cleared": (i32, [p, u32]),
         "pdw_publish_load": (i32, [p, u32, u64, u64]),
         "pdw_heartbeat": (None, [p]),
+        "pdw_request_size": (ctypes.c_size_t, []),
+        "pdw_poll": (i32, [p, ctypes.POINTER(_PdwRequest)]),
+        "pdw_done_with": (None, [p, ctypes.POINTER(_PdwRequest)]),
+        "pdw_wait": (i32, [p, u64]),
+        "pdw_post_tokens": (i32, [p, u32, u64, pu32, u32]),
+        "pdw_post_prefilled": (i32, [p, u32, u64, u32, ctypes.c_char_p, u32]),
+        "pdw_post_done": (i32, [p, u32, u64, u32]),
+        "pdw_post_error": (i32, [p, u32, u64, i32, ctypes.c_char_p]),
         "pdw_control": (i32, [p]),
         "pdw_close": (None, [p]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
+    if lib.pdw_request_size() != ctypes.sizeof(_PdwRequest):
+        raise ImportError("libpdworker's struct pdw_request is %d bytes, this binding's %d: "
+                          "a library of another version" % (lib.pdw_request_size(),
+                                                            ctypes.sizeof(_PdwRequest)))
     return lib
 
 
@@ -177,6 +223,56 @@ class Worker:
         rc = self._lib.pdw_control(self._w)
         _check(rc, "control")
         return bool(rc & 1)
+
+    def poll(self):
+        """The next request or cancel from the router, or None when there is none."""
+        r = _PdwRequest()
+        rc = self._lib.pdw_poll(self._w, ctypes.byref(r))
+        if rc == -errno.EAGAIN:
+            return None
+        _check(rc, "poll")
+        req = Request(r)
+        self._lib.pdw_done_with(self._w, ctypes.byref(r))
+        return req
+
+    def wait(self, timeout_s):
+        """Sleep until the router has something for us or @timeout_s passes."""
+        rc = self._lib.pdw_wait(self._w, int(timeout_s * 1e9))
+        if rc not in (0, -errno.ETIMEDOUT, -errno.EINTR):
+            _check(rc, "wait")
+
+    def _post(self, what, call, timeout_s=5.0):
+        # ENOBUFS: the lane is full until the router reads it, which it does all the time.
+        end = time.monotonic() + timeout_s
+        while True:
+            rc = call()
+            if rc != -errno.ENOBUFS or time.monotonic() > end:
+                _check(rc, what)
+                return
+            time.sleep(0.0001)
+
+    def post_tokens(self, req, tokens):
+        """Generated tokens of @req (a list of ids; sent in records of up to 4096)."""
+        for i in range(0, len(tokens), 4096):
+            part = tokens[i:i + 4096]
+            arr = (ctypes.c_uint32 * len(part))(*part)
+            self._post("post_tokens", lambda: self._lib.pdw_post_tokens(
+                self._w, req.lane, req.id, arr, len(part)))
+
+    def post_prefilled(self, req, first_token, params):
+        """The prefill of @req is done: its first token and the KV-transfer params (bytes)."""
+        self._post("post_prefilled", lambda: self._lib.pdw_post_prefilled(
+            self._w, req.lane, req.id, first_token, params, len(params)))
+
+    def post_done(self, req, finish_reason=FINISH_LENGTH):
+        self._post("post_done", lambda: self._lib.pdw_post_done(
+            self._w, req.lane, req.id, finish_reason))
+
+    def post_error(self, req, error, message):
+        """@req failed: @error a positive errno (errno.EIO...), @message for the client."""
+        msg = message.encode()[:255]
+        self._post("post_error", lambda: self._lib.pdw_post_error(
+            self._w, req.lane, req.id, -abs(error), msg))
 
     def close(self):
         if self._w is not None:
