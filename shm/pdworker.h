@@ -33,6 +33,7 @@ struct pdw {
 	uint64_t next_event_id[64]; /* per DP rank (ranks are relative to dp_rank_start) */
 	uint32_t dp_rank_start, dp_ranks, block_size;
 	char reason[PDW_REASON_MAX]; /* why the router refused us, after -EPERM */
+	uint32_t next_lane; /* pdw_poll() looks here first: lanes take turns */
 };
 
 /* For bindings that cannot see the structure (Python's ctypes): its size, to allocate one,

@@ -321,7 +321,10 @@ int pdw_poll(struct pdw *w, struct pdw_request *r)
 
 	if (!w->registered)
 		return -ENOTCONN;
-	for (uint32_t lane = 0; lane < w->mbox.cfg.lanes; lane++) {
+	/* From the lane after the last one served: a busy dataplane core's lane cannot starve
+	 * the others. */
+	for (uint32_t k = 0; k < w->mbox.cfg.lanes; k++) {
+		uint32_t lane = (w->next_lane + k) % w->mbox.cfg.lanes;
 		struct shm_ring *ring = &w->mbox.req[lane];
 		int rc;
 
@@ -363,6 +366,7 @@ void pdw_done_with(struct pdw *w, const struct pdw_request *r)
 
 	shm_ring_consume(ring);
 	shm_ring_release(ring);
+	w->next_lane = (r->lane + 1) % w->mbox.cfg.lanes;
 }
 
 int pdw_wait(struct pdw *w, uint64_t timeout_ns)

@@ -242,6 +242,7 @@ static struct {
 	struct pdw w;
 	struct entry q[LANES][QCAP];
 	uint32_t put[LANES], pub[LANES], got[LANES]; /* written, published, consumed */
+	uint32_t next_lane; /* where pdw_poll() looks first: after the last lane done with */
 } fx;
 
 static const uint8_t *ring_in; /* the ring input, and how much of it was taken */
@@ -294,6 +295,7 @@ static void fx_reset(uint32_t start)
 			t_fuzz_fail("cannot attach lane %u at %#x", i, start);
 		fx.put[i] = fx.pub[i] = fx.got[i] = 0;
 	}
+	fx.next_lane = fx.w.next_lane = 0;
 	fx.scribbled = false;
 }
 
@@ -374,7 +376,9 @@ static int do_poll(bool done)
 		t_fuzz_fail("pdw_poll: %d", rc);
 	outcome[!rc ? (r.cancel ? O_POLL_CANCEL : O_POLL_REQ) : rc == -EAGAIN ? O_POLL_AGAIN
 									      : O_POLL_BAD]++;
-	for (lane = 0; lane < LANES && !fx.scribbled && !e; lane++) {
+	/* Lanes take turns: from the one after the last record done with. */
+	for (uint32_t k = 0; k < LANES && !fx.scribbled && !e; k++) {
+		lane = (fx.next_lane + k) % LANES;
 		for (got = &fx.got[lane]; *got != fx.pub[lane]; ++*got) /* unknown types: skipped */
 			if (fx.q[lane][*got % QCAP].kind != K_SKIP)
 				break;
@@ -392,7 +396,7 @@ static int do_poll(bool done)
 		check_inside(&r.req, r.tokens, r.sampling, r.params, data + SHM_REC_HDR,
 			     data + LANE_BYTES);
 	rec = e ? data + e->off : NULL;
-	if (e && (r.lane != lane - 1 || r.cancel != (e->kind == K_CANCEL) ||
+	if (e && (r.lane != lane || r.cancel != (e->kind == K_CANCEL) ||
 		  (r.cancel && r.req.request_id != e->id) || hash(rec, e->len) != e->hash ||
 		  (!r.cancel && ((const uint8_t *)r.tokens != rec + sizeof(r.req) ||
 				 r.sampling != rec + sizeof(r.req) +
@@ -401,11 +405,12 @@ static int do_poll(bool done)
 				 memcmp(&r.req, rec, sizeof(r.req))))))
 		t_fuzz_fail(
 		    "pdw_poll: lane %u, cancel %d, id %llu; the model: lane %u at %u, kind %u",
-		    r.lane, r.cancel, (unsigned long long)r.req.request_id, lane - 1, e->off,
+		    r.lane, r.cancel, (unsigned long long)r.req.request_id, lane, e->off,
 		    e->kind);
 	if (done) {
 		pdw_done_with(&fx.w, &r);
 		fx.got[r.lane] += !!e;
+		fx.next_lane = (r.lane + 1) % LANES;
 	}
 	return 0;
 }
