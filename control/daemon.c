@@ -60,7 +60,16 @@ static int open_listener(const char *addr, bool reuseport, char *err, size_t err
 			return -EINVAL;
 		}
 		strcpy(un.sun_path, path);
-		unlink(path); /* a stale socket of an earlier run */
+		/* A socket left by a router that died is replaced; a live router's is not. */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && !connect(fd, (struct sockaddr *)&un, sizeof(un))) {
+			close(fd);
+			snprintf(err, errlen, "%s: a live router listens there", addr);
+			return -EADDRINUSE;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlink(path);
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof(un)) || listen(fd, 1024)) {
 			snprintf(err, errlen, "%s: %s", addr, strerror(errno));
@@ -176,8 +185,8 @@ void pd_daemon_stop(struct pd_daemon *d)
 		pdx_destroy(&d->index);
 	for (uint32_t k = 0; k < d->nlisten_fds; k++)
 		close(d->listen_fds[k]);
-	for (uint32_t k = 0; k < d->o.nlisten; k++)
-		if (!strncmp(d->o.listen[k], "unix:", 5))
+	for (uint32_t k = 0; k < d->o.nlisten; k++) /* only the paths this router bound */
+		if (d->unix_bound[k])
 			unlink(d->o.listen[k] + 5);
 	if (d->threads)
 		for (uint32_t k = 0; k < d->place.ncores; k++)
@@ -225,6 +234,7 @@ static int open_listeners(struct pd_daemon *d, char *err, size_t errlen)
 			if (fd < 0)
 				return fd;
 			d->listen_fds[d->nlisten_fds++] = fd;
+			d->unix_bound[l] = !tcp;
 			for (uint32_t c = 0; c < d->place.ncores; c++) {
 				struct dp_core_config *cfg = &d->threads[c].cfg;
 
@@ -262,6 +272,30 @@ static int start_cores(struct pd_daemon *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Predicted load older than the expiry is swept as if its request were gone: the expiry must
+ * outlast a request's two stages, or a long generation loses its load while it runs. Raised
+ * to fit when left at its default; said when set too short on purpose.
+ */
+static void expiry_outlasts_stages(struct pd_options *o)
+{
+	uint64_t stages = (o->core.prefill_timeout_ns ? o->core.prefill_timeout_ns
+						     : DP_PREFILL_TIMEOUT_NS) +
+			  (o->core.decode_timeout_ns ? o->core.decode_timeout_ns
+						    : DP_DECODE_TIMEOUT_NS);
+	uint64_t expiry = o->rt.expiry_ns ? o->rt.expiry_ns : RT_DEFAULT_EXPIRY_NS;
+
+	if (expiry > stages)
+		return;
+	if (o->expiry_given) {
+		pd_log(PD_LOG_WARN, "expiry_short", "expiry_s=%llu stages_s=%llu",
+		       (unsigned long long)(expiry / 1000000000ull),
+		       (unsigned long long)(stages / 1000000000ull));
+		return;
+	}
+	o->rt.expiry_ns = stages + 60ull * 1000000000ull;
+}
+
 int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, size_t errlen)
 {
 	struct pdx_config xc = {.max_targets = o->max_targets};
@@ -287,6 +321,12 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 	}
 	d->index_up = true;
 	d->o.rt.cores = d->place.ncores;
+	/* A disaggregated request holds two routing slots (prefill and decode): the policy has
+	 * twice the requests a core takes. */
+	if (!d->o.core.max_requests)
+		d->o.core.max_requests = 16384;
+	d->o.rt.max_requests = 2 * d->o.core.max_requests;
+	expiry_outlasts_stages(&d->o);
 	d->o.rt.max_targets = d->o.max_targets;
 	if ((rc = rt_router_init(&d->rt, &d->o.rt, &d->index))) {
 		snprintf(err, errlen, "routing policy: %s (a setting is out of range)",
@@ -308,13 +348,15 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 			return -ENOMEM;
 		sc.cmd[k] = &t->cmd_producer;
 	}
-	if ((rc = open_listeners(d, err, errlen)))
-		return rc;
+	/* The control socket first: it finds a live router at its path and leaves it alone. */
 	if ((rc = ctl_server_open(&d->server, &sc, &d->rt, &d->index))) {
-		snprintf(err, errlen, "control socket %s: %s", sc.path, strerror(-rc));
+		snprintf(err, errlen, "control socket %s: %s%s", sc.path, strerror(-rc),
+			 rc == -EADDRINUSE ? " (another router runs there)" : "");
 		return rc;
 	}
 	d->server_up = true;
+	if ((rc = open_listeners(d, err, errlen)))
+		return rc;
 	pd_log(PD_LOG_INFO, "control_socket", "path=%s lease_ms=%llu", sc.path,
 	       (unsigned long long)d->o.lease_ms);
 	if ((rc = ctl_admin_open(&d->admin, d->o.admin_socket))) {

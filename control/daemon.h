@@ -47,6 +47,7 @@ struct pd_daemon {
 	struct pd_core_thread *threads;
 	uint32_t nstarted;
 	int listen_fds[PD_MAX_LISTEN * DP_PIN_MAX_CORES];
+	bool unix_bound[PD_MAX_LISTEN]; /* listen[i] is a Unix path we bound: ours to remove */
 	uint32_t nlisten_fds;
 	uint64_t next_stats_ns;
 };

@@ -86,7 +86,8 @@ static const struct opt_doc docs[] = {
 					      "(default 16384)"},
 	{"max-targets", O_MAX_TARGETS, "N", "routing targets (worker DP ranks) (default 1024)"},
 	{"lease-ms", O_LEASE, "MS", "a worker silent this long is gone (default 3000)"},
-	{"expiry-s", O_EXPIRY, "S", "predicted load older than this is dropped (default 300)"},
+	{"expiry-s", O_EXPIRY, "S", "predicted load older than this is dropped (default: both "
+				    "stage timeouts and a minute)"},
 	{"stats-interval-ms", O_STATS_INTERVAL, "MS", "log counters this often (0: at exit only)"},
 	{"log-level", O_LOG_LEVEL, "LEVEL", "debug, info, warn or error (default info)"},
 	{"log-format", O_LOG_FORMAT, "FMT", "logfmt or json (default logfmt)"},
@@ -260,7 +261,7 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 		case O_MAX_PROMPT: o->core.max_prompt_tokens = (uint32_t)fmin(x, 1u << 20); break;
 		case O_MAX_INFLIGHT_CONN: o->core.max_inflight_per_conn = (uint32_t)fmin(x, u32);
 			break;
-		case O_MAX_REQUESTS: o->rt.max_requests = (uint32_t)fmin(x, 1u << 24); break;
+		case O_MAX_REQUESTS: o->core.max_requests = (uint32_t)fmin(x, 1u << 23); break;
 		case O_MAX_TARGETS: o->max_targets = (uint32_t)fmin(x, u32); break;
 		case O_BLOCK_SIZE:
 			if (x < 1 || x > 1u << 16 || ((uint64_t)x & ((uint64_t)x - 1)))
@@ -269,7 +270,10 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 				o->block_size = (uint32_t)x;
 			break;
 		case O_LEASE: o->lease_ms = (uint64_t)x; break;
-		case O_EXPIRY: o->rt.expiry_ns = (uint64_t)x * 1000000000ull; break;
+		case O_EXPIRY:
+			o->rt.expiry_ns = (uint64_t)x * 1000000000ull;
+			o->expiry_given = true;
+			break;
 		case O_STATS_INTERVAL: o->stats_interval_ms = (uint64_t)x; break;
 		case O_WAKE_US: o->core.wake_ns = (uint64_t)x * 1000; break;
 		case O_SPIN_US: o->core.spin_ns = (uint64_t)x * 1000; break;

@@ -34,6 +34,7 @@ struct pd_options {
 	enum pd_log_format log_format;
 	const char *config;		   /* the file read, for the start-up line */
 	bool enforcement_given;		   /* --kv-transfer-enforcement was set, even to none */
+	bool expiry_given;		   /* --expiry-s was set */
 };
 
 /**

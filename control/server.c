@@ -70,6 +70,10 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
 		s->cfg.mbox.lanes = rt->cfg.cores;
 	s->conns = calloc(s->cfg.max_conns, sizeof(*s->conns));
 	s->draining = calloc(s->cfg.max_conns, sizeof(*s->draining));
+	/* Room to retire every worker at once up front: growing it later may fail, and then a
+	 * departed worker's cores would never be told. */
+	s->retired = calloc(s->cfg.max_conns, sizeof(*s->retired));
+	s->retired_cap = s->retired ? s->cfg.max_conns : 0;
 	s->buf = malloc(PDW_MSG_MAX);
 	if (!s->conns || !s->draining || !s->buf ||
 	    s->cfg.ncores > SHM_MBOX_LANES_MAX)

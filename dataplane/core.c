@@ -125,7 +125,8 @@ static void forget_peer(struct dp_core *c, struct dp_peer *p)
 			c->dirty[d] = c->dirty[--c->ndirty];
 }
 
-void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p)
+/* @p broke its lane: give it up now, settle its requests, have control drop the worker. */
+static void break_lane(struct dp_core *c, struct dp_peer *p)
 {
 	if (peer_slot(c, p) < 0)
 		return; /* reported already */
@@ -135,6 +136,22 @@ void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p)
 	/* R: the control thread disconnects the worker when it sees this; nothing of ours it
 	 * reads depends on it, the release only keeps the report in order with the above. */
 	atomic_store_explicit(&p->broken, 1, memory_order_release);
+}
+
+void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p)
+{
+	for (uint32_t k = 0; k < c->nbroken; k++)
+		if (c->broken[k] == p)
+			return;
+	if (c->nbroken < DP_MAX_PEERS)
+		c->broken[c->nbroken++] = p;
+}
+
+/* The lanes found broken while posting, given up now that no request is mid-update. */
+static void settle_broken(struct dp_core *c)
+{
+	while (c->nbroken)
+		break_lane(c, c->broken[--c->nbroken]);
 }
 
 /* Read up to ANSWERS_PER_LANE answers from each worker's lane. */
@@ -159,7 +176,7 @@ static unsigned poll_lanes(struct dp_core *c)
 			n++;
 		}
 		if (rc == -EBADMSG) {
-			dp_core_lane_broken(c, p);
+			break_lane(c, p);
 			k--; /* the last peer moved into slot k */
 			continue;
 		}
@@ -286,7 +303,7 @@ static void shut_down(struct dp_core *c)
 	ring_doorbells(c);
 	for (uint32_t i = 0; i < c->cfg.max_conns; i++)
 		if (c->conns[i].state == DP_CONN_OPEN)
-			c->conns[i].close_after_send = true;
+			dp_conn_finish(c, i);
 	dp_ingress_flush(c);
 	deadline = dp_now_ns() + STOP_FLUSH_NS;
 	for (;;) {
@@ -303,7 +320,7 @@ static void shut_down(struct dp_core *c)
 	}
 	for (uint32_t i = 0; i < c->cfg.max_conns; i++)
 		if (c->conns[i].state != DP_CONN_FREE)
-			dp_conn_close(c, i);
+			dp_conn_abandon(c, i);
 }
 
 int dp_core_run(struct dp_core *c)
@@ -318,6 +335,7 @@ int dp_core_run(struct dp_core *c)
 		 * wait for them, nor they for the answers. */
 		work = dp_ingress_reap(c);
 		work += take_commands(c);
+		settle_broken(c);
 		dp_core_publish(c);
 		ring_doorbells(c);
 		work += poll_lanes(c);
@@ -350,9 +368,9 @@ static void config_defaults(struct dp_core_config *cfg)
 	if (!cfg->max_inflight_per_conn)
 		cfg->max_inflight_per_conn = 256;
 	if (!cfg->prefill_timeout_ns)
-		cfg->prefill_timeout_ns = 30000000000ull;
+		cfg->prefill_timeout_ns = DP_PREFILL_TIMEOUT_NS;
 	if (!cfg->decode_timeout_ns)
-		cfg->decode_timeout_ns = 600000000000ull;
+		cfg->decode_timeout_ns = DP_DECODE_TIMEOUT_NS;
 	if (!cfg->spin_ns)
 		cfg->spin_ns = 50000;
 	if (!cfg->wake_ns)
@@ -376,7 +394,13 @@ struct dp_core *dp_core_create(const struct dp_core_config *cfg, struct shm_ring
 	c->cfg = *cfg;
 	config_defaults(&c->cfg);
 	c->cmd = cmd;
-	c->nreqs = cfg->rt->cfg.max_requests;
+	c->nreqs = c->cfg.max_requests ? c->cfg.max_requests : cfg->rt->cfg.max_requests / 2;
+	if (!c->nreqs || c->nreqs > cfg->rt->cfg.max_requests / 2) {
+		snprintf(err, errlen, "%u requests per core need %u routing slots, the router has %u",
+			 c->nreqs, 2 * c->nreqs, cfg->rt->cfg.max_requests);
+		free(c);
+		return NULL;
+	}
 	c->reqs = calloc(c->nreqs, sizeof(*c->reqs));
 	c->conns = calloc(c->cfg.max_conns, sizeof(*c->conns));
 	if (!c->reqs || !c->conns || dp_slab_init(&c->slab, c->cfg.memory_bytes)) {

@@ -21,6 +21,8 @@
 #include "route.h"
 
 #define DP_CORE_MAX_LISTEN 8u
+#define DP_PREFILL_TIMEOUT_NS 30000000000ull /* default stage timeouts */
+#define DP_DECODE_TIMEOUT_NS 600000000000ull
 
 struct dp_core_config {
 	uint32_t index;		    /* this core's number: its lane in every mailbox */
@@ -31,9 +33,14 @@ struct dp_core_config {
 	uint32_t max_frame;	    /* 0: PDC_FRAME_MAX_DEFAULT */
 	uint32_t max_prompt_tokens; /* 0: 131072 */
 	uint32_t max_inflight_per_conn; /* 0: 256 */
+	uint32_t max_requests;	    /* requests in flight on this core; 0: half the routing
+				     * core's slots (a disaggregated request holds two: its
+				     * prefill's and its decode's) */
 	uint64_t idle_timeout_ns;   /* close a connection with nothing in flight this long; 0: off */
 	uint64_t prefill_timeout_ns; /* from posting to the prefill answer; 0: 30 s */
-	uint64_t decode_timeout_ns;  /* from posting to the last token; 0: 600 s */
+	uint64_t decode_timeout_ns;  /* from posting to the last token; 0: 600 s. The policy's
+				      * expiry (rt_config.expiry_ns) must outlast both stages, or
+				      * load of requests still running is swept. */
 	uint32_t decode_retries;    /* re-routes of a decode that fails before its first token */
 	bool busy_poll;		    /* never sleep */
 	uint64_t spin_ns;	    /* spin this long after the last work; 0: 50 us */

@@ -112,6 +112,8 @@ struct dp_core {
 	struct dp_peer *peers[DP_MAX_PEERS];
 	uint32_t npeers;
 	struct dp_peer *dirty[DP_MAX_PEERS]; /* lanes with committed, unpublished requests */
+	struct dp_peer *broken[DP_MAX_PEERS]; /* lanes found broken while posting */
+	uint32_t nbroken;
 	uint32_t ndirty;
 	bool stopping;
 	uint64_t now_ns;    /* the loop's clock, read once per round */
@@ -152,7 +154,9 @@ struct dp_link *dp_queue_link(struct dp_core *c, uint32_t i);
 void dp_core_mark_dirty(struct dp_core *c, struct dp_peer *p);
 /* core.c: publish the lanes posted to, timing the hand-offs; doorbells come later. */
 void dp_core_publish(struct dp_core *c);
-/* core.c: @p's lane broke the rules: give it up, fail its requests, have control drop it. */
+/* core.c: @p's lane broke the rules: it is given up, its requests failed or re-routed and
+ * control told, at the next round's start; never while a request is being posted, which may
+ * be one of them. */
 void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p);
 
 /* ingress.c */
@@ -167,6 +171,11 @@ uint8_t *dp_conn_frame(struct dp_core *c, uint32_t conn, uint32_t gen, size_t le
 void dp_ingress_flush(struct dp_core *c);
 /* Close a connection: requests cancelled, socket shut down. */
 void dp_conn_close(struct dp_core *c, uint32_t conn);
+/* Close connection @conn once what it is owed is sent (shutdown). */
+void dp_conn_finish(struct dp_core *c, uint32_t conn);
+/* Shutdown's end: close @conn's descriptor whatever is still in flight on it (the ring goes
+ * next, with the operations). */
+void dp_conn_abandon(struct dp_core *c, uint32_t conn);
 /* Stop accepting connections (shutdown). */
 void dp_ingress_stop_accepting(struct dp_core *c);
 /* Close connections idle for longer than idle_timeout_ns; re-arm paused accepts. */

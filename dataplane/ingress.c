@@ -161,6 +161,23 @@ void dp_conn_close(struct dp_core *c, uint32_t i)
 	dp_count(c, DP_STAT(conns_closed), 1);
 }
 
+void dp_conn_finish(struct dp_core *c, uint32_t i)
+{
+	c->conns[i].close_after_send = true;
+	mark_dirty(c, i);
+}
+
+void dp_conn_abandon(struct dp_core *c, uint32_t i)
+{
+	struct dp_conn *cn = &c->conns[i];
+
+	dp_conn_close(c, i);
+	if (cn->state == DP_CONN_FREE)
+		return;
+	close(cn->fd);
+	cn->fd = -1;
+}
+
 void dp_ingress_flush(struct dp_core *c)
 {
 	for (uint32_t k = 0; k < c->ndirty_conns; k++) {
@@ -251,16 +268,14 @@ static long take_frames(struct dp_core *c, uint32_t i, const uint8_t *p, size_t 
 	return -1;
 }
 
-/* Keep @len bytes of an unfinished frame in the connection's own buffer. */
+/*
+ * Keep @len bytes of an unfinished frame in the connection's own buffer. It grows with the
+ * bytes that came (a size class at a time, so copies stay few), never with what a header
+ * claims: a client that announces big frames and sends nothing holds no memory.
+ */
 static int keep_partial(struct dp_core *c, struct dp_conn *cn, const uint8_t *p, size_t len)
 {
-	long frame = dp_frame_length(cn->in.len ? cn->in.p : p, cn->in.len ? cn->in.len : len,
-				     c->cfg.max_frame);
-	size_t need = cn->in.len + len;
-
-	if (frame > 0 && (size_t)frame > need)
-		need = (size_t)frame; /* room for the whole frame at once */
-	if (dp_buf_reserve(&c->slab, &cn->in, need))
+	if (dp_buf_reserve(&c->slab, &cn->in, cn->in.len + len))
 		return -ENOMEM;
 	memcpy(cn->in.p + cn->in.len, p, len);
 	cn->in.len += (uint32_t)len;

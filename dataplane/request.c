@@ -228,8 +228,10 @@ static int post(struct dp_core *c, uint32_t i)
 	}
 	if (rc == -EBADMSG)
 		dp_core_lane_broken(c, peer);
-	if (rc)
+	if (rc) {
+		r->peer = NULL; /* nothing of it reached the worker: nothing to cancel there */
 		return rc;
+	}
 	dp_core_mark_dirty(c, peer);
 	r->stage_ns = c->now_ns; /* the stage's timeout runs from here */
 	if (r->start_ns && c->nin < DP_LAT_SAMPLES) /* the first hand-off of the request */
@@ -256,8 +258,8 @@ static void start_generate(struct dp_core *c, uint32_t i, const struct rt_choice
 	if (!r->retries)
 		send_routed(c, r, ch);
 	rc = post(c, i);
-	if (rc)
-		generate_failed(c, i, true, rc, "the worker could not take the request");
+	if (rc) /* a broken lane, a prompt its ring cannot hold: another worker may */
+		generate_failed(c, i, true, -EIO, "the worker could not take the request");
 }
 
 static void prefill_failed(struct dp_core *c, uint32_t i, const char *why);
@@ -674,15 +676,20 @@ void dp_req_retry_blocked(struct dp_core *c)
 	 * to the tail. */
 	while (n--) {
 		uint32_t i = c->queue[DP_Q_BLOCKED].head;
-		struct dp_req *r = &c->reqs[i];
-		int rc = post(c, i);
+		struct dp_req *r;
+		int rc;
+
+		if (i == DP_NIL) /* a failure below settled others that waited too */
+			break;
+		r = &c->reqs[i];
+		rc = post(c, i);
 
 		if (!rc)
 			continue;
 		if (r->state == DP_REQ_PREFILL)
 			prefill_failed(c, i, "the prefill worker could not take the request");
 		else
-			generate_failed(c, i, true, rc, "the worker could not take the request");
+			generate_failed(c, i, true, -EIO, "the worker could not take the request");
 	}
 }
 

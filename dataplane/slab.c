@@ -42,6 +42,26 @@ static unsigned class_of(size_t bytes)
 	return shift - DP_SLAB_MIN_SHIFT;
 }
 
+/*
+ * The budget is carved: a free buffer of a larger class serves instead (and goes back to its
+ * own class), so buffers a burst of big frames left behind are not lost to smaller requests.
+ */
+static void *larger_free(struct dp_slab *s, unsigned c, uint32_t *cap)
+{
+	for (unsigned k = c + 1; k < DP_SLAB_CLASSES; k++) {
+		void *p = s->free[k];
+		size_t size = (size_t)1 << (k + DP_SLAB_MIN_SHIFT);
+
+		if (!p)
+			continue;
+		memcpy(&s->free[k], p, sizeof(void *));
+		*cap = (uint32_t)(size > UINT32_MAX ? UINT32_MAX : size);
+		return p;
+	}
+	s->exhausted++;
+	return NULL;
+}
+
 void *dp_slab_get(struct dp_slab *s, size_t bytes, uint32_t *cap)
 {
 	unsigned c;
@@ -63,10 +83,8 @@ void *dp_slab_get(struct dp_slab *s, size_t bytes, uint32_t *cap)
 		size_t align = size < 4096 ? size : 4096;
 		size_t at = (s->used + align - 1) & ~(align - 1);
 
-		if (at + size > s->reserved) {
-			s->exhausted++;
-			return NULL;
-		}
+		if (at + size > s->reserved)
+			return larger_free(s, c, cap);
 		p = s->base + at;
 		s->used = at + size;
 	}

@@ -37,7 +37,8 @@ int dp_slab_init(struct dp_slab *s, size_t budget);
 
 void dp_slab_destroy(struct dp_slab *s);
 
-/* A buffer of at least @bytes (at most 64 MiB), or NULL when the budget is spent (counted). */
+/* A buffer of at least @bytes (at most 64 MiB), or NULL when the budget is spent and no free
+ * buffer is large enough (counted). */
 void *dp_slab_get(struct dp_slab *s, size_t bytes, uint32_t *cap);
 
 /* Give back a buffer of capacity @cap from dp_slab_get(). */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "daemon_fixture.h"
+#include "pdworker.h"
 
 #define PROMPT 256u /* tokens: four of pdmock's blocks */
 
@@ -247,6 +248,59 @@ Test(daemon_faults, garbage_in_a_lane_disconnects_that_worker_only)
 	}
 	pdc_close(c);
 	t_router_stop();
+}
+
+/*
+ * A worker (here in the test, on libpdworker) that never reads its requests and then writes a
+ * bad index into its request ring while the router has posts waiting for room there: the
+ * router gives the lane up between requests, never while posting one (a router that did
+ * failed the same request twice and crashed), and every request gets exactly one answer.
+ */
+Test(daemon_faults, corrupt_request_ring_with_posts_waiting_answers_each_request_once)
+{
+	static uint32_t tok[131072]; /* 512 KiB a request: three fill the 2 MiB lane ring */
+	struct pdw_register_args args = {
+		.fixed = {.worker_type = PDW_AGGREGATED, .model_type = PDW_MODEL_CHAT,
+			  .block_size = T_BLOCK, .kv_capacity_blocks = 16384,
+			  .max_batched_tokens = 8192, .dp_ranks = 1},
+		.model = T_MODEL, .endpoint = "hostile"};
+	bool ended[7] = {false};
+	struct pdc_client *c;
+	struct pdw w;
+	uint32_t n = 0;
+
+	t_router_start(NULL);
+	cr_assert_eq(pdw_connect(&w, t_d.control_path), 0);
+	cr_assert_eq(pdw_register(&w, &args, T_DEADLINE_MS), 0);
+	t_wait_pools(T_MODEL, 0, 0, 1);
+	c = t_connect();
+	for (uint32_t i = 0; i < 131072; i++)
+		tok[i] = i;
+	for (uint64_t id = 1; id <= 6; id++) {
+		struct pdc_request_args a = t_args(id, tok, 131072, 4, 0);
+
+		cr_assert_eq(pdc_send(c, &a), 0);
+	}
+	T_WAIT((pdw_heartbeat(&w), t_counter("lane_full_waits") > 0), "posts waiting for room");
+	/* An unaligned tail: the ring's producer (the router) must give it up. */
+	atomic_store_explicit(&w.mbox.req[0].sh->tail, 4, memory_order_relaxed);
+	while (n < 6) {
+		struct pdc_event ev;
+
+		pdw_heartbeat(&w);
+		cr_assert_eq(t_next(c, &ev), 0, "%u of 6 requests answered", n);
+		cr_assert(ev.id >= 1 && ev.id <= 6);
+		if (ev.type != PDC_ERROR && ev.type != PDC_DONE)
+			continue;
+		cr_assert(!ended[ev.id], "request %llu ended twice", (unsigned long long)ev.id);
+		cr_assert_eq(ev.type, PDC_ERROR, "the only worker broke: nothing can be served");
+		ended[ev.id] = true;
+		n++;
+	}
+	cr_assert_eq(t_counter("lanes_broken"), 1);
+	pdc_close(c);
+	pdw_close(&w);
+	t_router_stop(); /* exits 0: it survived */
 }
 
 /* A decode worker that streams slowly is SIGKILLed after its first token: tokens cannot be

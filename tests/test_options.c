@@ -282,7 +282,7 @@ Test(options, policy_flags_set_their_fields)
 	cr_assert(o.rt.enforce_disagg);
 	cr_assert_eq(o.rt.seed, 42);
 	cr_assert_eq(o.max_targets, 64);
-	cr_assert_eq(o.rt.max_requests, 1000);
+	cr_assert_eq(o.core.max_requests, 1000);
 	cr_assert_eq(o.rt.expiry_ns, 60ull * 1000000000ull);
 }
 
