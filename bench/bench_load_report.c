@@ -53,9 +53,9 @@ static void router_rows(FILE *f, const struct load_router *rt)
 	load_dist_hist(rt->in, &d);
 	row(f, "router hand-off in (frame -> worker ring)", &d);
 	load_dist_hist(rt->out, &d);
-	row(f, "router hand-off out (worker -> frame to kernel)", &d);
+	row(f, "router hand-off out (answer -> to kernel)", &d);
 	load_dist_hist(rt->send, &d);
-	row(f, "kernel send (submit with sends, wakes client)", &d);
+	row(f, "kernel send (submit, wakes the client)", &d);
 }
 
 void load_report_text(FILE *f, const struct load_info *in, const struct load_summary *s,
