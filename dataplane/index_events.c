@@ -376,32 +376,55 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
 	return 0;
 }
 
+/* An id of a REMOVED event looked up ahead of its turn: its id-map slot and entry. */
+struct remove_ahead {
+	uint32_t pos;
+	uint32_t e;
+};
+
+/* Look up id @ext of a REMOVED event and warm its entry for when its turn comes. */
+static void remove_look(struct pdx *x, const struct pdx_idmap *map, uint64_t ext,
+			struct remove_ahead *ra)
+{
+	ra->pos = 0; /* find() leaves it unset for a target with no map yet */
+	ra->e = pdx_idmap_find(map, ext, &ra->pos);
+	pdx_entry_prefetch(x, ra->e);
+}
+
 long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t n)
 {
 	if (check_target(x, target))
 		return -EINVAL;
 
 	struct pdx_idmap *map = &x->targets[target].map;
+	struct remove_ahead ahead[WRITE_AHEAD];
 	long removed = 0;
 
+	/*
+	 * Each id is looked up once, WRITE_AHEAD ids early, so its entry is warm when its turn
+	 * comes. The answer stays right meanwhile: removing only turns slots into tombstones and
+	 * moves nothing, so an id found then is in the same slot now unless an earlier repeat of
+	 * it was removed (its slot is a tombstone), and an id absent then is absent now.
+	 */
+	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
+		remove_look(x, map, ext_ids[j], &ahead[j]);
 	for (size_t j = 0; j < n; j++) {
+		struct remove_ahead ra = ahead[j % WRITE_AHEAD];
+
 		/* Two stages ahead: the id-map slot, then (once that is near) the entry. */
 		if (j + 2 * WRITE_AHEAD < n)
 			pdx_idmap_prefetch(map, ext_ids[j + 2 * WRITE_AHEAD]);
 		if (j + WRITE_AHEAD < n)
-			pdx_entry_prefetch(x, pdx_idmap_get(map, ext_ids[j + WRITE_AHEAD]));
-
-		uint32_t pos, e = pdx_idmap_find(map, ext_ids[j], &pos);
-
-		if (e == PDX_NONE) {
+			remove_look(x, map, ext_ids[j + WRITE_AHEAD], &ahead[j % WRITE_AHEAD]);
+		if (ra.e == PDX_NONE || pdx_idmap_at(map, ra.pos) != ra.e) {
 			pdx_stat_add(x, PDX_STAT(remove_unknown), 1);
 			continue;
 		}
-		if (drop_holder(x, e, target)) {
+		if (drop_holder(x, ra.e, target)) {
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
-		pdx_idmap_del_at(map, pos);
+		pdx_idmap_del_at(map, ra.pos);
 		removed++;
 	}
 	pdx_reclaim(x);
@@ -434,8 +457,8 @@ long pdx_clear(struct pdx *x, uint32_t target)
 	uint64_t *order = x->keys; /* entry index << 32 | id-map position */
 
 	for (uint32_t i = 0; i < map->slots; i++)
-		if (map->idx[i] != PDX_SLOT_EMPTY && map->idx[i] != PDX_SLOT_TOMB)
-			order[n++] = (uint64_t)map->idx[i] << 32 | i;
+		if (pdx_idmap_at(map, i) != PDX_NONE)
+			order[n++] = (uint64_t)pdx_idmap_at(map, i) << 32 | i;
 	if (n)
 		qsort(order, n, sizeof(*order), cmp_desc);
 	for (size_t k = 0; k < n; k++) {

@@ -305,6 +305,13 @@ void pdx_spans_update(struct pdx *x);
 /* index_idmap.c */
 /* Entry named by @ext and (if @pos) its slot, or PDX_NONE and the slot to put it at. */
 uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos);
+/* Entry in slot @pos of @m, or PDX_NONE if the slot holds none (empty or deleted). */
+static inline uint32_t pdx_idmap_at(const struct pdx_idmap *m, uint32_t pos)
+{
+	uint32_t idx = m->idx[pos];
+
+	return idx == PDX_SLOT_EMPTY || idx == PDX_SLOT_TOMB ? PDX_NONE : idx;
+}
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
 void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext);
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
