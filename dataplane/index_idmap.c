@@ -12,10 +12,18 @@
 
 #define IDMAP_MIN_SLOTS 16u
 
-/* Rebuild past 9/10 used (tombstones included), to 6/10 live. */
-static bool idmap_full(uint64_t used, uint64_t slots)
+/*
+ * Rebuild, to 6/10 live, past 9/10 used (tombstones included) or once tombstones take 1/5 of
+ * the slots. A search for an absent id (every new block a STORED event brings, every unknown id
+ * of a REMOVED one) walks to an empty slot, so tombstones cost as much as live ids; a map that
+ * churns at a steady size would otherwise sit near 9/10 used. Clearing them at 1/5 made REMOVE
+ * about 15% faster on the shared-prefix stream for about 1% of STORE (at 1/10: a little faster
+ * REMOVE, 7% slower STORE); a map without removals is rebuilt as before.
+ */
+static bool idmap_full(const struct pdx_idmap *m, uint32_t more)
 {
-	return used * 10 > slots * 9;
+	return ((uint64_t)m->used + more) * 10 > (uint64_t)m->slots * 9 ||
+	       (uint64_t)(m->used - m->live) * 5 > m->slots;
 }
 
 static uint64_t idmap_slots_for(uint64_t live)
@@ -127,7 +135,7 @@ static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint64_t want)
 /* Make room for @more insertions, so that applying an event cannot fail half way. */
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more)
 {
-	if (m->idx && !idmap_full((uint64_t)m->used + more, m->slots))
+	if (m->idx && !idmap_full(m, more))
 		return 0;
 	return idmap_rebuild(x, m, (uint64_t)m->live + more);
 }
