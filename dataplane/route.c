@@ -335,10 +335,14 @@ int rt_route_decode(struct rt_core *c, const struct rt_request *rq, uint16_t pre
 		return finish(c, rq, rng, rc);
 	if (prefill >= c->rt->cfg.max_targets)
 		return finish(c, rq, rng, -ENOENT);
-	/* Only a target still in the prefill pool: its id may be another worker's by now. */
-	if (!rt_pools_hold(md, RT_PREFILL, RT_PREFILL, prefill))
-		return finish(c, rq, rng, -ENOENT);
 	p = &c->rt->target[prefill];
+	/* A target still in the prefill pool, or one that left it (drained, or gone) while the
+	 * caller's prefill handle is still held: an id with a request in flight is not handed
+	 * out again (rt_share.inflight), so its fields are still that worker's. */
+	if (!rt_pools_hold(md, RT_PREFILL, RT_PREFILL, prefill) &&
+	    !(atomic_load_explicit(&p->state, memory_order_relaxed) != RT_TARGET_LIVE &&
+	      p->model == rq->model && p->type == RT_PREFILL))
+		return finish(c, rq, rng, -ENOENT);
 	rc = stage_run(c, rq, md, RT_STAGE_DECODE, p, out);
 	return finish(c, rq, rng, rc);
 }

@@ -388,6 +388,9 @@ int rt_route(struct rt_core *core, const struct rt_request *rq, struct rt_plan *
 
 /**
  * rt_route_decode - choose the decode target after prefill target @prefill returned.
+ * @prefill: the prefill stage's target; one that has left its pool since (drained or gone)
+ *           is still taken while the caller holds the prefill's load handle, which keeps its
+ *           id from being handed to another worker.
  *
  * Disaggregated decode stage: no overlap credit, no KV-reuse assumption, no prefill tokens,
  * and @prefill's transfer-domain rule. Returns 0, -ENODEV, -EBUSY or -EXDEV as rt_route()

@@ -102,6 +102,7 @@ int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core
 	if (nsets > cfg->max_active_blocks / 4 + 1)
 		nsets = cfg->max_active_blocks / 4 + 1;
 	s->tl = calloc(cfg->max_targets, sizeof(*s->tl));
+	s->inflight = calloc(cfg->max_targets, sizeof(*s->inflight));
 	s->map_bytes = (size_t)cap * sizeof(*s->map);
 	s->sets_bytes = (size_t)nsets * (s->set_words + 1) * sizeof(uint64_t);
 	s->map = dp_huge_zalloc(s->map_bytes);
@@ -110,8 +111,8 @@ int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core
 	s->chunk_seq = calloc((size_t)nchunks * RT_CHUNK_SEQS, sizeof(uint64_t));
 	s->chunk_next = calloc(nchunks, sizeof(uint32_t));
 	s->req = calloc(cfg->max_requests, sizeof(*s->req));
-	if (!s->tl || !s->map || !s->sets || !s->alive || !s->chunk_seq || !s->chunk_next ||
-	    !s->req) {
+	if (!s->tl || !s->inflight || !s->map || !s->sets || !s->alive || !s->chunk_seq ||
+	    !s->chunk_next || !s->req) {
 		rt_share_destroy(s);
 		return -ENOMEM;
 	}
@@ -129,6 +130,7 @@ int rt_share_init(struct rt_share *s, const struct rt_config *cfg, uint32_t core
 void rt_share_destroy(struct rt_share *s)
 {
 	free(s->tl);
+	free(s->inflight);
 	dp_huge_free(s->map, s->map_bytes);
 	dp_huge_free(s->sets, s->sets_bytes);
 	free(s->alive);
@@ -415,6 +417,10 @@ int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *o
 	*untracked = a->seq ? r->nprivate : 0;
 	rt_relaxed_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
 	rt_relaxed_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
+	/* Relaxed, one writer: published to the control thread by the decision's end (R6). */
+	atomic_store_explicit(&s->inflight[a->target],
+			      atomic_load_explicit(&s->inflight[a->target], memory_order_relaxed) + 1,
+			      memory_order_relaxed);
 	fifo_append(s, slot);
 	*out = handle_of(s, slot);
 	return 0;
@@ -455,6 +461,9 @@ static void release_slot(struct rt_share *s, uint32_t slot)
 	rt_relaxed_add(&s->tl[r->target].blocks, 0, gone);
 	if (r->prefill_pending)
 		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
+	atomic_store_explicit(&s->inflight[r->target],
+			      atomic_load_explicit(&s->inflight[r->target], memory_order_relaxed) - 1,
+			      memory_order_relaxed);
 	fifo_unlink(s, slot);
 	r->live = false;
 	r->gen++;

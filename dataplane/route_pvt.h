@@ -168,6 +168,10 @@ struct rt_inflight {
 
 struct rt_share {
 	struct rt_tload *tl; /* [max_targets] */
+	/* Requests in flight per target, whatever load they carry (a finished prefill carries
+	 * none): a departed target's id is not handed out while any core has one. Writer: the
+	 * core; the control thread reads it relaxed, after grace_over()'s acquire (A6). */
+	_Atomic uint32_t *inflight; /* [max_targets] */
 	uint32_t core;	     /* index of the owning core, part of every handle */
 	/* Decisions begun and ended, times two: odd while deciding. Writer: the core; the control
 	 * thread reads it to know when a target that left its pool is no longer looked at. */
@@ -262,6 +266,7 @@ static inline void rt_relaxed_add(_Atomic uint64_t *v, uint64_t add, uint64_t su
 struct rt_shares {
 	uint32_t n;
 	const struct rt_tload *tl[RT_CORES_LIMIT];
+	_Atomic uint32_t *const *inflight[RT_CORES_LIMIT];
 };
 
 /*
@@ -280,8 +285,20 @@ static inline void rt_shares_get(const struct rt_router *rt, struct rt_shares *s
 
 	sh->n = 0;
 	for (uint32_t k = 0; k < rt->cfg.cores; k++)
-		if ((share = rt_core_share(rt, k)))
+		if ((share = rt_core_share(rt, k))) {
+			sh->inflight[sh->n] = &share->inflight;
 			sh->tl[sh->n++] = share->tl;
+		}
+}
+
+/* Requests in flight on @target over the cores (relaxed: see rt_share.inflight). */
+static inline uint64_t rt_shares_inflight(const struct rt_shares *sh, uint16_t target)
+{
+	uint64_t n = 0;
+
+	for (uint32_t k = 0; k < sh->n; k++)
+		n += atomic_load_explicit(&(*sh->inflight[k])[target], memory_order_relaxed);
+	return n;
 }
 
 /* Predicted load of @target summed over the cores. */

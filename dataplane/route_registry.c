@@ -390,10 +390,11 @@ static int targets_reserve(struct rt_router *rt, uint32_t n, uint16_t *ids)
 			RT_TARGET_FREE ||
 		    !grace_over(rt, (uint16_t)t))
 			continue;
-		/* An id whose last worker left with requests in flight keeps their load until
-		 * they end or are swept: a new worker must not inherit it. */
+		/* An id whose last worker left with requests in flight keeps them, and their
+		 * load, until they end or are swept: a new worker must not inherit either, and a
+		 * request may still read the old worker's fields by the id (its decode stage). */
 		rt_shares_sum(&shares, (uint16_t)t, &blocks, &prefill_tokens);
-		if (!blocks && !prefill_tokens)
+		if (!blocks && !prefill_tokens && !rt_shares_inflight(&shares, (uint16_t)t))
 			ids[got++] = (uint16_t)t;
 	}
 	if (got < n)

@@ -10,6 +10,8 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon_fixture.h"
@@ -301,6 +303,41 @@ Test(daemon_faults, corrupt_request_ring_with_posts_waiting_answers_each_request
 	pdc_close(c);
 	pdw_close(&w);
 	t_router_stop(); /* exits 0: it survived */
+}
+
+/*
+ * Draining a prefill worker whose prefill is in flight (pdctl drain): no new request goes to
+ * it, but the one it holds finishes disaggregated, its decode routed under the drained
+ * worker's rule, and its plan stays DISAGG even under --enforce-disagg.
+ */
+Test(daemon_faults, drained_prefill_worker_finishes_its_prefill_disaggregated)
+{
+	uint32_t tok[PROMPT], prefill;
+	struct pdc_request_args a;
+	struct pdc_client *c;
+	struct t_result r = {0};
+	char cmd[32], *ans;
+
+	t_router_start("--enforce-disagg", NULL);
+	prefill = t_worker("prefill", "--stall-ms", "500", NULL);
+	t_worker("decode", NULL);
+	t_wait_pools(T_MODEL, 1, 1, 0);
+	c = t_connect();
+	t_prompt(tok, PROMPT, 9);
+	a = t_args(1, tok, PROMPT, 4, PDC_STREAM);
+	cr_assert_eq(pdc_send(c, &a), 0);
+	T_WAIT(t_counter("disagg") == 1, "the request to reach the prefill worker");
+	snprintf(cmd, sizeof(cmd), "drain %u\n", prefill);
+	ans = t_admin(cmd);
+	cr_assert(strstr(ans, "\"drained\""), "drain: %s", ans);
+	free(ans);
+	t_collect(c, 1, &r);
+	t_assert_served(&r, PROMPT, 4);
+	cr_assert_eq(r.routed.plan, PDC_PLAN_DISAGG, "plan %u after the drain", r.routed.plan);
+	cr_assert_eq(r.routed.prefill_worker, prefill);
+	cr_assert_eq(t_counter("fallbacks"), 0);
+	pdc_close(c);
+	t_router_stop();
 }
 
 /* A decode worker that streams slowly is SIGKILLed after its first token: tokens cannot be
