@@ -73,6 +73,7 @@ struct dp_core_config {
 	X(answers_stray)    /* a worker's answer for a request it does not hold: dropped */   \
 	X(lanes_broken)	    /* lanes given up on for garbage */                               \
 	X(lane_full_waits)  /* posts that waited for room in a worker's ring */              \
+	X(cancels_dropped)  /* cancels a full ring could not take (the answers go stray) */  \
 	X(tokens_out)                                                                          \
 	X(prompt_tokens)                                                                       \
 	X(cached_tokens)    /* prompt tokens the serving (or prefill) worker held */          \

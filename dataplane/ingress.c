@@ -43,6 +43,10 @@ static struct io_uring_sqe *sqe_get(struct dp_core *c)
 
 	if (!sqe) { /* the queue is full: hand it to the kernel and take a fresh entry */
 		io_uring_submit(&c->ring);
+		/* Under SQPOLL the kernel thread frees entries as it gets to them: wait for
+		 * one rather than drop the operation. */
+		if (c->cfg.sqpoll)
+			io_uring_sqring_wait(&c->ring);
 		sqe = io_uring_get_sqe(&c->ring);
 	}
 	return sqe;

@@ -161,8 +161,10 @@ static void cancel_on_worker(struct dp_core *c, uint32_t i)
 		return;
 	ring = &r->peer->mbox.req[c->cfg.index];
 	p = shm_ring_reserve(ring, SHM_LANE_CANCEL, 0, sizeof(ref), &err);
-	if (!p)
+	if (!p) {
+		dp_count(c, DP_STAT(cancels_dropped), 1);
 		return;
+	}
 	memcpy(p, &ref, sizeof(ref));
 	shm_ring_commit(ring);
 	dp_core_mark_dirty(c, r->peer);
