@@ -521,7 +521,8 @@ int bench_load_main(int argc, char **argv)
 
 	if (swept >= 0)
 		return swept;
-	static uint64_t h0[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS], h1[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS];
+	static uint64_t h0[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS];
+	static uint64_t h1[LOAD_ROUTER_HISTS][DP_HIST_BUCKETS];
 	struct load_router rt = {0};
 	int rc = parse(argc, argv, &l.o), status;
 

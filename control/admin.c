@@ -17,13 +17,13 @@
 #include "admin.h"
 #include "hist.h"
 
-#define CLIENT_WAIT_MS 100   /* for a client's command line */
-#define EXPLAIN_WAIT_MS 200  /* for a core's explanation */
+#define CLIENT_WAIT_MS 100  /* for a client's command line */
+#define EXPLAIN_WAIT_MS 200 /* for a core's explanation */
 #define EXPLAIN_BYTES (64u << 10)
 
 static const char *const stat_names[] = {
 #define DP_STAT_NAME(name) #name,
-	DP_CORE_STATS(DP_STAT_NAME)
+    DP_CORE_STATS(DP_STAT_NAME)
 #undef DP_STAT_NAME
 };
 
@@ -39,8 +39,8 @@ int ctl_admin_open(struct ctl_admin *a, const char *path)
 	strcpy(addr.sun_path, path);
 	unlink(path); /* a stale socket; a live router's would be replaced: one per path */
 	a->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (a->fd < 0 || bind(a->fd, (struct sockaddr *)&addr, sizeof(addr)) ||
-	    chmod(path, 0600) || listen(a->fd, 16)) {
+	if (a->fd < 0 || bind(a->fd, (struct sockaddr *)&addr, sizeof(addr)) || chmod(path, 0600) ||
+	    listen(a->fd, 16)) {
 		rc = -errno;
 		ctl_admin_close(a);
 		return rc;
@@ -70,8 +70,8 @@ static void json_hist(FILE *f, const char *name, const uint64_t *n)
 	for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++)
 		if (n[b])
 			last = b + 1;
-	fprintf(f, "\"%s_p50_ns\":%llu,\"%s_p99_ns\":%llu,\"%s_p999_ns\":%llu,\"%s_hist\":[",
-		name, (unsigned long long)dp_hist_quantile(n, 0.5), name,
+	fprintf(f, "\"%s_p50_ns\":%llu,\"%s_p99_ns\":%llu,\"%s_p999_ns\":%llu,\"%s_hist\":[", name,
+		(unsigned long long)dp_hist_quantile(n, 0.5), name,
 		(unsigned long long)dp_hist_quantile(n, 0.99), name,
 		(unsigned long long)dp_hist_quantile(n, 0.999), name);
 	for (uint32_t b = 0; b < last; b++)
@@ -110,10 +110,11 @@ static void counters(FILE *f, const struct ctl_admin_view *v)
 	}
 	fputs("],\"total\":", f);
 	json_stats(f, &sum);
-	fprintf(f, ",\"control\":{\"workers\":%u,\"accepted\":%llu,\"refused_peer\":%llu,"
-		   "\"refused_full\":%llu,\"registered\":%llu,\"refused_register\":%llu,"
-		   "\"malformed\":%llu,\"hangups\":%llu,\"leases_expired\":%llu,"
-		   "\"dumps_requested\":%llu,\"lanes_broken\":%llu},\"latency\":{",
+	fprintf(f,
+		",\"control\":{\"workers\":%u,\"accepted\":%llu,\"refused_peer\":%llu,"
+		"\"refused_full\":%llu,\"registered\":%llu,\"refused_register\":%llu,"
+		"\"malformed\":%llu,\"hangups\":%llu,\"leases_expired\":%llu,"
+		"\"dumps_requested\":%llu,\"lanes_broken\":%llu},\"latency\":{",
 		v->server->nconns, (unsigned long long)s->accepted,
 		(unsigned long long)s->refused_peer, (unsigned long long)s->refused_full,
 		(unsigned long long)s->registered, (unsigned long long)s->refused_register,
@@ -167,13 +168,14 @@ static void workers(FILE *f, const struct ctl_admin_view *v)
 			continue;
 		rt_target_load(rt, (uint16_t)t, &blocks, &prefill);
 		c = conn_of(v->server, ti.worker);
-		fprintf(f, "%s{\"target\":%u,\"worker\":%u,\"dp_rank\":%u,\"model\":", first ? "" : ",",
-			t, ti.worker, ti.dp_rank);
+		fprintf(f, "%s{\"target\":%u,\"worker\":%u,\"dp_rank\":%u,\"model\":",
+			first ? "" : ",", t, ti.worker, ti.dp_rank);
 		json_str(f, ti.model);
-		fprintf(f, ",\"type\":\"%s\",\"block_size\":%u,\"kv_capacity_blocks\":%llu,"
-			   "\"cached_blocks\":%zu,\"active_blocks\":%llu,\"prefill_tokens\":%llu,"
-			   "\"reported_used_blocks\":%llu,\"reported_prefill_tokens\":%llu,"
-			   "\"domains\":{",
+		fprintf(f,
+			",\"type\":\"%s\",\"block_size\":%u,\"kv_capacity_blocks\":%llu,"
+			"\"cached_blocks\":%zu,\"active_blocks\":%llu,\"prefill_tokens\":%llu,"
+			"\"reported_used_blocks\":%llu,\"reported_prefill_tokens\":%llu,"
+			"\"domains\":{",
 			rt_worker_type_name(ti.type), ti.block_size,
 			(unsigned long long)ti.kv_capacity_blocks,
 			pdx_target_blocks(v->server->index, t), (unsigned long long)blocks,
@@ -191,8 +193,9 @@ static void workers(FILE *f, const struct ctl_admin_view *v)
 			json_str(f, c->peer->endpoint);
 		}
 		if (c)
-			fprintf(f, ",\"kv_events\":%llu,\"kv_duplicates\":%llu,\"kv_gaps\":%llu,"
-				   "\"kv_refused\":%llu,\"load_reports\":%llu",
+			fprintf(f,
+				",\"kv_events\":%llu,\"kv_duplicates\":%llu,\"kv_gaps\":%llu,"
+				"\"kv_refused\":%llu,\"load_reports\":%llu",
 				(unsigned long long)c->kv.stats.events,
 				(unsigned long long)c->kv.stats.duplicates,
 				(unsigned long long)c->kv.stats.gaps,
@@ -268,13 +271,14 @@ static void drain(FILE *f, const struct ctl_admin_view *v, const char *arg)
 {
 	char *end;
 	unsigned long w = strtoul(arg, &end, 10);
-	int rc = *arg && !*end && w <= UINT32_MAX ? ctl_server_drain(v->server, (uint32_t)w)
-						  : -EINVAL;
+	int rc =
+	    *arg && !*end && w <= UINT32_MAX ? ctl_server_drain(v->server, (uint32_t)w) : -EINVAL;
 
 	if (rc)
-		fprintf(f, "{\"error\":\"%s\"}\n", rc == -EINVAL ? "usage: drain WORKER"
-							     : rc == -ENOENT ? "no such worker"
-									     : strerror(-rc));
+		fprintf(f, "{\"error\":\"%s\"}\n",
+			rc == -EINVAL	? "usage: drain WORKER"
+			: rc == -ENOENT ? "no such worker"
+					: strerror(-rc));
 	else
 		fprintf(f, "{\"drained\":%lu}\n", w);
 }
@@ -316,13 +320,14 @@ static void answer(struct ctl_admin *a, const struct ctl_admin_view *v, int fd)
 		drain(f, v, arg ? arg : "");
 	else
 		fputs("{\"error\":\"unknown command; try counters, workers, models, explain, "
-		      "drain WORKER\"}\n", f);
+		      "drain WORKER\"}\n",
+		      f);
 	fclose(f);
 	for (size_t off = 0; off < len;) {
 		ssize_t n = send(fd, out + off, len - off, MSG_NOSIGNAL);
 
-		if (n < 0 && errno == EAGAIN && poll(&(struct pollfd){fd, POLLOUT, 0}, 1,
-						     CLIENT_WAIT_MS) > 0)
+		if (n < 0 && errno == EAGAIN &&
+		    poll(&(struct pollfd){fd, POLLOUT, 0}, 1, CLIENT_WAIT_MS) > 0)
 			continue;
 		if (n <= 0)
 			break;

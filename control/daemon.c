@@ -19,7 +19,6 @@
 
 #define CMD_RING_BYTES (64u << 10)
 
-
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -147,7 +146,6 @@ static void log_counters(struct pd_core_thread *t, uint32_t n, const struct ctl_
 	       (unsigned long long)s->stats.leases_expired);
 }
 
-
 static void stop_cores(struct pd_daemon *d)
 {
 	for (uint32_t k = 0; k < d->nstarted; k++) {
@@ -157,8 +155,8 @@ static void stop_cores(struct pd_daemon *d)
 		int err;
 
 		/* The ring has room for thousands of commands; a full one is retried. */
-		while (!(rec = shm_ring_reserve(&t->cmd_producer, DP_CMD_STOP, 0, sizeof(cmd),
-						&err)))
+		while (
+		    !(rec = shm_ring_reserve(&t->cmd_producer, DP_CMD_STOP, 0, sizeof(cmd), &err)))
 			usleep(1000);
 		memcpy(rec, &cmd, sizeof(cmd));
 		shm_ring_commit(&t->cmd_producer);
@@ -198,8 +196,8 @@ void pd_daemon_stop(struct pd_daemon *d)
 
 static int place(struct pd_daemon *d, char *err, size_t errlen)
 {
-	struct dp_pin_request req = {.ncores = d->o.dataplane_cores, .cpu_list = d->o.cpus,
-				     .control_cpu = d->o.control_cpu};
+	struct dp_pin_request req = {
+	    .ncores = d->o.dataplane_cores, .cpu_list = d->o.cpus, .control_cpu = d->o.control_cpu};
 	char line[512];
 	int rc;
 
@@ -228,8 +226,8 @@ static int open_listeners(struct pd_daemon *d, char *err, size_t errlen)
 		uint32_t copies = tcp ? d->place.ncores : 1;
 
 		for (uint32_t k = 0; k < copies; k++) {
-			int fd = open_listener(d->o.listen[l], tcp && d->place.ncores > 1, err,
-					       errlen);
+			int fd =
+			    open_listener(d->o.listen[l], tcp && d->place.ncores > 1, err, errlen);
 
 			if (fd < 0)
 				return fd;
@@ -279,10 +277,9 @@ static int start_cores(struct pd_daemon *d, char *err, size_t errlen)
  */
 static void expiry_outlasts_stages(struct pd_options *o)
 {
-	uint64_t stages = (o->core.prefill_timeout_ns ? o->core.prefill_timeout_ns
-						     : DP_PREFILL_TIMEOUT_NS) +
-			  (o->core.decode_timeout_ns ? o->core.decode_timeout_ns
-						    : DP_DECODE_TIMEOUT_NS);
+	uint64_t stages =
+	    (o->core.prefill_timeout_ns ? o->core.prefill_timeout_ns : DP_PREFILL_TIMEOUT_NS) +
+	    (o->core.decode_timeout_ns ? o->core.decode_timeout_ns : DP_DECODE_TIMEOUT_NS);
 	uint64_t expiry = o->rt.expiry_ns ? o->rt.expiry_ns : RT_DEFAULT_EXPIRY_NS;
 
 	if (expiry > stages)
@@ -367,7 +364,6 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 	pd_log(PD_LOG_INFO, "admin_socket", "path=%s", d->o.admin_socket);
 	return start_cores(d, err, errlen);
 }
-
 
 int pd_daemon_poll(struct pd_daemon *d, int timeout_ms)
 {

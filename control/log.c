@@ -130,8 +130,8 @@ void pd_log(enum pd_log_level level, const char *event, const char *fields, ...)
 		at = fields_to_json(line, at, sizeof(line) - 3, f);
 		at += (size_t)snprintf(line + at, sizeof(line) - at, "}\n");
 	} else {
-		at = (size_t)snprintf(line, sizeof(line), "ts=%s.%03ldZ level=%s event=%s%s%s\n", ts,
-				      now.tv_nsec / 1000000, level_name[level], event,
+		at = (size_t)snprintf(line, sizeof(line), "ts=%s.%03ldZ level=%s event=%s%s%s\n",
+				      ts, now.tv_nsec / 1000000, level_name[level], event,
 				      *f ? " " : "", f);
 	}
 	if (at >= sizeof(line))

@@ -42,12 +42,13 @@ int main(int argc, char **argv)
 	if (rc) {
 		char q[sizeof(err) * 2];
 
-		pd_log(PD_LOG_ERROR, "start_failed", "error=\"%s\"", pd_log_quote(q, sizeof(q), err));
+		pd_log(PD_LOG_ERROR, "start_failed", "error=\"%s\"",
+		       pd_log_quote(q, sizeof(q), err));
 		pd_daemon_stop(&d);
 		return 1;
 	}
-	pd_log(PD_LOG_INFO, "started", "version=%s cores=%u config=%s", PD_VERSION,
-	       d.place.ncores, o.config ? o.config : "none");
+	pd_log(PD_LOG_INFO, "started", "version=%s cores=%u config=%s", PD_VERSION, d.place.ncores,
+	       o.config ? o.config : "none");
 	while (!stop_signal && (rc = pd_daemon_poll(&d, CONTROL_POLL_MS)) == 0)
 		;
 	if (rc)

@@ -98,7 +98,8 @@ static const struct opt_doc docs[] = {
 				     "(default 50)"},
 	{"core-memory-mb", O_CORE_MEMORY, "MB", "buffer budget of each dataplane core "
 						"(default 1024)"},
-	{"config", O_CONFIG, "FILE", "read settings from an INI file (keys are these flags' names)"},
+	{"config", O_CONFIG, "FILE", "read settings from an INI file (keys are these flags' "
+				     "names)"},
 	{"help", O_HELP, NULL, "show this help"},
 	{"version", O_VERSION, NULL, "show the version"},
 };
@@ -169,7 +170,8 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 		printf("pdrouter %s\n", PD_VERSION);
 		return 1;
 	case O_LISTEN:
-		if (o->nlisten == PD_MAX_LISTEN || (strncmp(v, "tcp:", 4) && strncmp(v, "unix:", 5)))
+		if (o->nlisten == PD_MAX_LISTEN ||
+		    (strncmp(v, "tcp:", 4) && strncmp(v, "unix:", 5)))
 			rc = -EINVAL;
 		else
 			o->listen[o->nlisten++] = v;
@@ -190,8 +192,10 @@ static int set(struct pd_options *o, enum opt id, const char *name, const char *
 			o->rt.transfer.enforcement = RT_TRANSFER_REQUIRED;
 		break;
 	case O_TRANSFER_ENFORCEMENT:
-		k = !strcmp(v, "none") ? RT_TRANSFER_NONE : !strcmp(v, "preferred")
-			? RT_TRANSFER_PREFERRED : !strcmp(v, "required") ? RT_TRANSFER_REQUIRED : -1;
+		k = !strcmp(v, "none")	    ? RT_TRANSFER_NONE
+		    : !strcmp(v, "preferred") ? RT_TRANSFER_PREFERRED
+		    : !strcmp(v, "required")  ? RT_TRANSFER_REQUIRED
+					      : -1;
 		if (k < 0) {
 			rc = -EINVAL;
 		} else {
@@ -408,8 +412,9 @@ int pd_options_parse(struct pd_options *o, int argc, char **argv, char *err, siz
 					      : argv[optind - 1];
 
 			if (strncmp(arg, "--", 2) && optopt > 0 && optopt < 256)
-				snprintf(err, errlen, "unknown option or missing value: -%c (in %s)",
-					 optopt, arg);
+				snprintf(err, errlen,
+					 "unknown option or missing value: -%c (in %s)", optopt,
+					 arg);
 			else
 				snprintf(err, errlen, "unknown option or missing value: %s", arg);
 			return -EINVAL;

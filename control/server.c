@@ -43,8 +43,8 @@ static int clear_stale(const struct sockaddr_un *addr)
 	return unlink(addr->sun_path) ? -errno : 0;
 }
 
-int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
-		    struct rt_router *rt, struct pdx *index)
+int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg, struct rt_router *rt,
+		    struct pdx *index)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	int rc = -ENOMEM;
@@ -75,8 +75,7 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
 	s->retired = calloc(s->cfg.max_conns, sizeof(*s->retired));
 	s->retired_cap = s->retired ? s->cfg.max_conns : 0;
 	s->buf = malloc(PDW_MSG_MAX);
-	if (!s->conns || !s->draining || !s->buf ||
-	    s->cfg.ncores > SHM_MBOX_LANES_MAX)
+	if (!s->conns || !s->draining || !s->buf || s->cfg.ncores > SHM_MBOX_LANES_MAX)
 		goto out;
 	strcpy(addr.sun_path, cfg->path);
 	rc = clear_stale(&addr);
@@ -260,15 +259,20 @@ static int send_registered(struct ctl_conn *c, uint32_t seq)
 	struct {
 		struct pdw_hdr h;
 		struct pdw_registered r;
-	} m = {.h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_REGISTERED,
-		     .len = sizeof(m), .seq = seq},
+	} m = {.h = {.magic = PDW_MAGIC,
+		     .version = PDW_VERSION,
+		     .type = PDW_REGISTERED,
+		     .len = sizeof(m),
+		     .seq = seq},
 	       .r = {.worker = c->worker, .generation = c->peer->mbox.generation}};
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} ctl;
 	struct iovec iov = {&m, sizeof(m)};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.buf,
 			     .msg_controllen = sizeof(ctl.buf)};
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
 	ssize_t n;
@@ -348,7 +352,8 @@ static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_
 		ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT);
 
 		if (n < 0)
-			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -EPIPE;
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0
+											 : -EPIPE;
 		if (n == 0)
 			return -EPIPE;
 		if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) /* over PDW_MSG_MAX, or an fd */
@@ -369,8 +374,8 @@ static int read_messages(struct ctl_server *s, struct ctl_conn *c, uint64_t now_
 /* The index lost some of @c's events: ask the worker to resend its whole cache. */
 static void ask_for_dump(struct ctl_server *s, struct ctl_conn *c)
 {
-	struct pdw_hdr h = {.magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_DUMP,
-			    .len = sizeof(h)};
+	struct pdw_hdr h = {
+	    .magic = PDW_MAGIC, .version = PDW_VERSION, .type = PDW_DUMP, .len = sizeof(h)};
 
 	/* Not sent (the socket is full): the flag stays, and the next round tries again. */
 	if (send(c->fd, &h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(h))

@@ -26,17 +26,17 @@
 #define CTL_ALLOWED_MAX 16u
 
 struct ctl_server_config {
-	const char *path;		    /* the socket's path; a stale socket there is replaced */
+	const char *path; /* the socket's path; a stale socket there is replaced */
 	uid_t allowed_uids[CTL_ALLOWED_MAX]; /* peers allowed in by uid... */
 	uint32_t nallowed;
 	gid_t allowed_gids[CTL_ALLOWED_MAX]; /* ...or by gid; neither list: the router's own uid */
 	uint32_t nallowed_gids;
-	uint64_t lease_ns;		    /* 0: CTL_DEFAULT_LEASE_NS */
-	uint32_t max_conns;		    /* 0 or over 256: 256 */
-	struct shm_mbox_config mbox;	    /* lanes 0: one per dataplane core of the router */
-	uint32_t kv_budget;		    /* event records drained per worker per round; 0: 4096 */
-	uint32_t block_size;		    /* workers must register this block size; 0: any (each
-					     * model's pool keeps its first worker's) */
+	uint64_t lease_ns;	     /* 0: CTL_DEFAULT_LEASE_NS */
+	uint32_t max_conns;	     /* 0 or over 256: 256 */
+	struct shm_mbox_config mbox; /* lanes 0: one per dataplane core of the router */
+	uint32_t kv_budget;	     /* event records drained per worker per round; 0: 4096 */
+	uint32_t block_size;	     /* workers must register this block size; 0: any (each
+				      * model's pool keeps its first worker's) */
 	/* The dataplane cores' command rings (producer side), one per core: workers are
 	 * announced to them (peer.h) and a leaving worker's mailbox is unmapped only once
 	 * every core let go of it. ncores 0: no cores, mailboxes are unmapped at once. */
@@ -47,16 +47,16 @@ struct ctl_server_config {
 /* Counters; written by the control thread. */
 struct ctl_server_stats {
 	uint64_t accepted;
-	uint64_t refused_peer;	 /* credentials not in the allowed list: closed */
-	uint64_t refused_full;	 /* max_conns reached: closed */
+	uint64_t refused_peer; /* credentials not in the allowed list: closed */
+	uint64_t refused_full; /* max_conns reached: closed */
 	uint64_t registered;
 	uint64_t refused_register; /* REFUSED sent: the worker may fix it and try again */
-	uint64_t malformed;	 /* a message or event ring broke the protocol: disconnected */
+	uint64_t malformed;	   /* a message or event ring broke the protocol: disconnected */
 	uint64_t hangups;
 	uint64_t leases_expired;
-	uint64_t dumps_requested; /* DUMP sent: a worker's events had a gap or did not apply */
+	uint64_t dumps_requested;    /* DUMP sent: a worker's events had a gap or did not apply */
 	uint64_t unregister_retries; /* a departed worker's blocks could not be dropped yet */
-	uint64_t lanes_broken;	 /* a core gave up on a worker's lane: disconnected */
+	uint64_t lanes_broken;	     /* a core gave up on a worker's lane: disconnected */
 };
 
 struct ctl_conn {
@@ -81,12 +81,12 @@ struct ctl_server {
 	uint32_t nconns;
 	uint32_t next_worker; /* ids handed out in order; never reused while the router runs */
 	uint64_t accept_paused_until; /* out of descriptors: no accept before this (our clock) */
-	uint64_t generation;  /* of the next mailbox */
-	uint32_t *draining;   /* workers whose rt_unregister() ran out of memory: retried */
+	uint64_t generation;	      /* of the next mailbox */
+	uint32_t *draining;	      /* workers whose rt_unregister() ran out of memory: retried */
 	uint32_t ndraining;
 	struct dp_peer **retired; /* gone workers' peers, until every core acknowledged */
 	uint32_t nretired, retired_cap;
-	unsigned char *buf;   /* one message: PDW_MSG_MAX bytes */
+	unsigned char *buf; /* one message: PDW_MSG_MAX bytes */
 	struct ctl_server_stats stats;
 };
 
@@ -98,8 +98,8 @@ struct ctl_server {
  * the negative errno of socket(), bind(), chmod() or listen().
  * Context: control thread.
  */
-int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg,
-		    struct rt_router *rt, struct pdx *index);
+int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg, struct rt_router *rt,
+		    struct pdx *index);
 
 /**
  * ctl_server_poll - one round: accept, read every message, drop workers that hung up, broke

@@ -15,7 +15,7 @@
 #define TIMER_NS 1000000ull	  /* timeouts are checked every millisecond */
 #define IDLE_SLEEP_NS 10000000ull /* longest sleep with nothing waiting on workers */
 #define STOP_FLUSH_NS 1000000000ull
-#define ANSWERS_PER_LANE 256u	  /* per round, so one busy worker cannot starve the others */
+#define ANSWERS_PER_LANE 256u /* per round, so one busy worker cannot starve the others */
 
 uint64_t dp_now_ns(void)
 {
@@ -279,8 +279,8 @@ static void timers(struct dp_core *c)
 /* Sleep in io_uring until a completion or the bounded wake-up. */
 static void sleep_idle(struct dp_core *c)
 {
-	bool waiting = c->queue[DP_Q_PREFILL].n || c->queue[DP_Q_DECODE].n ||
-		       c->queue[DP_Q_BLOCKED].n;
+	bool waiting =
+	    c->queue[DP_Q_PREFILL].n || c->queue[DP_Q_DECODE].n || c->queue[DP_Q_BLOCKED].n;
 	uint64_t ns = waiting ? c->cfg.wake_ns : IDLE_SLEEP_NS;
 	struct __kernel_timespec ts = {.tv_sec = (long long)(ns / 1000000000ull),
 				       .tv_nsec = (long long)(ns % 1000000000ull)};
@@ -298,7 +298,8 @@ static void shut_down(struct dp_core *c)
 	dp_ingress_stop_accepting(c);
 	for (int q = DP_Q_PREFILL; q < DP_QUEUES; q++)
 		while (c->queue[q].head != DP_NIL)
-			dp_req_abort(c, c->queue[q].head, -ESHUTDOWN, "the router is shutting down");
+			dp_req_abort(c, c->queue[q].head, -ESHUTDOWN,
+				     "the router is shutting down");
 	dp_core_publish(c);
 	ring_doorbells(c);
 	for (uint32_t i = 0; i < c->cfg.max_conns; i++)
@@ -381,8 +382,8 @@ static void config_defaults(struct dp_core_config *cfg)
 		cfg->ring_entries = 1024;
 }
 
-struct dp_core *dp_core_create(const struct dp_core_config *cfg, struct shm_ring *cmd,
-			       char *err, size_t errlen)
+struct dp_core *dp_core_create(const struct dp_core_config *cfg, struct shm_ring *cmd, char *err,
+			       size_t errlen)
 {
 	struct dp_core *c = calloc(1, sizeof(*c));
 	int rc;
@@ -396,8 +397,9 @@ struct dp_core *dp_core_create(const struct dp_core_config *cfg, struct shm_ring
 	c->cmd = cmd;
 	c->nreqs = c->cfg.max_requests ? c->cfg.max_requests : cfg->rt->cfg.max_requests / 2;
 	if (!c->nreqs || c->nreqs > cfg->rt->cfg.max_requests / 2) {
-		snprintf(err, errlen, "%u requests per core need %u routing slots, the router has %u",
-			 c->nreqs, 2 * c->nreqs, cfg->rt->cfg.max_requests);
+		snprintf(err, errlen,
+			 "%u requests per core need %u routing slots, the router has %u", c->nreqs,
+			 2 * c->nreqs, cfg->rt->cfg.max_requests);
 		free(c);
 		return NULL;
 	}

@@ -36,7 +36,8 @@ struct dp_core_config {
 	uint32_t max_requests;	    /* requests in flight on this core; 0: half the routing
 				     * core's slots (a disaggregated request holds two: its
 				     * prefill's and its decode's) */
-	uint64_t idle_timeout_ns;   /* close a connection with nothing in flight this long; 0: off */
+	uint64_t idle_timeout_ns;   /* close a connection idle this long (nothing in flight);
+				     * 0: off */
 	uint64_t prefill_timeout_ns; /* from posting to the prefill answer; 0: 30 s */
 	uint64_t decode_timeout_ns;  /* from posting to the last token; 0: 600 s. The policy's
 				      * expiry (rt_config.expiry_ns) must outlast both stages, or

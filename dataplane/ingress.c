@@ -26,7 +26,7 @@
 #include "frame.h"
 
 #define IDLE_CHECK_NS 100000000ull /* the idle timeout is checked every 100 ms */
-#define IN_KEEP_BYTES (64u << 10)   /* a reassembly buffer up to this size is kept */
+#define IN_KEEP_BYTES (64u << 10)  /* a reassembly buffer up to this size is kept */
 
 enum op { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3 };
 
@@ -228,8 +228,8 @@ static void dispatch(struct dp_core *c, uint32_t i, const uint8_t *p, uint32_t l
 		} else if (rc) {
 			dp_count(c, DP_STAT(requests), 1);
 			dp_count(c, DP_STAT(errors), 1);
-			uint8_t *o = dp_conn_frame(c, i, c->conns[i].gen,
-						   dp_frame_error_bytes(why));
+			uint8_t *o =
+			    dp_conn_frame(c, i, c->conns[i].gen, dp_frame_error_bytes(why));
 			if (o)
 				dp_frame_error(o, h.id, rc, why);
 		} else {
@@ -260,8 +260,9 @@ static long take_frames(struct dp_core *c, uint32_t i, const uint8_t *p, size_t 
 
 		if (n < 0) {
 			dp_count(c, DP_STAT(frames_malformed), 1);
-			conn_error(c, i, (int)n, n == -EMSGSIZE ? "frame over the router's limit"
-							      : "not a pdrouter frame");
+			conn_error(c, i, (int)n,
+				   n == -EMSGSIZE ? "frame over the router's limit"
+						  : "not a pdrouter frame");
 			return -1;
 		}
 		if (!n || (size_t)n > len - off)
@@ -346,8 +347,7 @@ static void on_recv(struct dp_core *c, uint32_t i, const struct io_uring_cqe *cq
 	else if (cqe->res == -ENOBUFS) { /* every buffer was taken: receive again, later */
 		cn->rearm = true;
 		mark_dirty(c, i);
-	}
-	else if (cqe->res <= 0) /* 0: the client hung up */
+	} else if (cqe->res <= 0) /* 0: the client hung up */
 		dp_conn_close(c, i);
 	else
 		arm_recv(c, i);
@@ -417,7 +417,8 @@ unsigned dp_ingress_reap(struct dp_core *c)
 	/* Completion work is waiting (TASKRUN_FLAG): run it now, so its completions are here. */
 	if (IO_URING_READ_ONCE(*c->ring.sq.kflags) & IORING_SQ_TASKRUN)
 		io_uring_get_events(&c->ring);
-	io_uring_for_each_cqe(&c->ring, head, cqe) {
+	io_uring_for_each_cqe(&c->ring, head, cqe)
+	{
 		uint64_t t = cqe->user_data;
 		uint32_t slot = (uint32_t)(t >> 32) & 0xFFFFFFu, gen = (uint32_t)t;
 
@@ -430,7 +431,8 @@ unsigned dp_ingress_reap(struct dp_core *c)
 			if (slot < c->cfg.max_conns && c->conns[slot].gen == gen)
 				on_recv(c, slot, cqe);
 			else if (cqe->flags & IORING_CQE_F_BUFFER)
-				recycle_buffer(c, (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+				recycle_buffer(c,
+					       (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
 			break;
 		case OP_SEND:
 			if (slot < c->cfg.max_conns && c->conns[slot].gen == gen)
@@ -491,9 +493,10 @@ static int check_features(struct io_uring *ring, char *err, size_t errlen)
 	static const struct {
 		int op;
 		const char *name;
-	} ops[] = {{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"}, {IORING_OP_RECV, "IORING_OP_RECV"},
-		   {IORING_OP_SEND, "IORING_OP_SEND"}, {IORING_OP_ASYNC_CANCEL,
-							"IORING_OP_ASYNC_CANCEL"}};
+	} ops[] = {{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"},
+		   {IORING_OP_RECV, "IORING_OP_RECV"},
+		   {IORING_OP_SEND, "IORING_OP_SEND"},
+		   {IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL"}};
 	struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
 	struct utsname u;
 	unsigned major = 0, minor = 0;
@@ -506,8 +509,10 @@ static int check_features(struct io_uring *ring, char *err, size_t errlen)
 		}
 	io_uring_free_probe(probe);
 	if (!uname(&u) && sscanf(u.release, "%u.%u", &major, &minor) == 2 && major < 6) {
-		snprintf(err, errlen, "io_uring multishot receive with provided buffer rings needs "
-			 "Linux 6.0 or later; this kernel is %s", u.release);
+		snprintf(err, errlen,
+			 "io_uring multishot receive with provided buffer rings needs "
+			 "Linux 6.0 or later; this kernel is %s",
+			 u.release);
 		return -EOPNOTSUPP;
 	}
 	return 0;
@@ -543,7 +548,8 @@ static int setup_ring(struct dp_core *c, char *err, size_t errlen)
 	if (rc) {
 		snprintf(err, errlen, "io_uring_setup: %s%s", strerror(-rc),
 			 rc == -ENOSYS || rc == -EPERM ? " (io_uring is unavailable or disabled: "
-							 "kernel.io_uring_disabled)" : "");
+							 "kernel.io_uring_disabled)"
+						       : "");
 		return rc;
 	}
 	rc = check_features(&c->ring, err, errlen);
@@ -560,10 +566,10 @@ int dp_ingress_init(struct dp_core *c, char *err, size_t errlen)
 
 	if (rc)
 		return rc;
-	c->bufs = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
-	c->buf_mem = mmap(NULL, (size_t)DP_RECV_BUFS * DP_RECV_BUF_BYTES,
-			  PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	c->bufs =
+	    mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	c->buf_mem = mmap(NULL, (size_t)DP_RECV_BUFS * DP_RECV_BUF_BYTES, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (c->bufs == MAP_FAILED || c->buf_mem == MAP_FAILED) {
 		snprintf(err, errlen, "out of memory for receive buffers");
 		rc = -ENOMEM;
@@ -579,7 +585,8 @@ int dp_ingress_init(struct dp_core *c, char *err, size_t errlen)
 	io_uring_buf_ring_init(c->bufs);
 	for (uint16_t b = 0; b < DP_RECV_BUFS; b++)
 		io_uring_buf_ring_add(c->bufs, c->buf_mem + (size_t)b * DP_RECV_BUF_BYTES,
-				      DP_RECV_BUF_BYTES, b, io_uring_buf_ring_mask(DP_RECV_BUFS), b);
+				      DP_RECV_BUF_BYTES, b, io_uring_buf_ring_mask(DP_RECV_BUFS),
+				      b);
 	io_uring_buf_ring_advance(c->bufs, DP_RECV_BUFS);
 	c->free_conn = DP_NIL;
 	for (uint32_t i = c->cfg.max_conns; i-- > 0;) {

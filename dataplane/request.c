@@ -51,9 +51,11 @@ static void send_error_to(struct dp_core *c, uint32_t conn, uint32_t gen, uint64
 
 static void send_routed(struct dp_core *c, struct dp_req *r, const struct rt_choice *gen)
 {
-	struct pdc_routed m = {.plan = r->plan, .prefill_worker = PDC_NO_WORKER,
+	struct pdc_routed m = {.plan = r->plan,
+			       .prefill_worker = PDC_NO_WORKER,
 			       .worker = gen ? gen->worker : PDC_NO_WORKER,
-			       .dp_rank = gen ? gen->dp_rank : 0, .overlap_blocks = r->overlap};
+			       .dp_rank = gen ? gen->dp_rank : 0,
+			       .overlap_blocks = r->overlap};
 	uint8_t *p;
 
 	if (r->plan == PDC_PLAN_DISAGG) {
@@ -78,7 +80,8 @@ static void send_tokens(struct dp_core *c, struct dp_req *r, const void *ids, ui
 
 static void send_done(struct dp_core *c, struct dp_req *r, uint32_t finish)
 {
-	struct pdc_done d = {.finish_reason = finish, .prompt_tokens = (uint32_t)r->rq.ntokens,
+	struct pdc_done d = {.finish_reason = finish,
+			     .prompt_tokens = (uint32_t)r->rq.ntokens,
 			     .cached_tokens = r->overlap * r->block_size,
 			     .completion_tokens = r->generated};
 	uint8_t *p;
@@ -198,14 +201,14 @@ static int post(struct dp_core *c, uint32_t i)
 	const struct rt_choice *ch = decode ? &r->gen_choice : &r->prefill;
 	struct dp_peer *peer = ch->cookie;
 	struct shm_lane_request req = {
-		.request_id = lane_id(c, i),
-		.mode = !decode ? SHM_LANE_PREFILL
-			: r->plan == PDC_PLAN_DISAGG ? SHM_LANE_DECODE
-						     : SHM_LANE_AGGREGATED,
-		.ntokens = (uint32_t)r->rq.ntokens,
-		.max_tokens = decode ? r->max_tokens : 1,
-		.dp_rank = ch->dp_rank,
-		.nsampling = r->sampling.len, /* every stage samples as the client asked */
+	    .request_id = lane_id(c, i),
+	    .mode = !decode			 ? SHM_LANE_PREFILL
+		    : r->plan == PDC_PLAN_DISAGG ? SHM_LANE_DECODE
+						 : SHM_LANE_AGGREGATED,
+	    .ntokens = (uint32_t)r->rq.ntokens,
+	    .max_tokens = decode ? r->max_tokens : 1,
+	    .dp_rank = ch->dp_rank,
+	    .nsampling = r->sampling.len, /* every stage samples as the client asked */
 	};
 	int rc;
 
@@ -235,7 +238,7 @@ static int post(struct dp_core *c, uint32_t i)
 		return rc;
 	}
 	dp_core_mark_dirty(c, peer);
-	r->stage_ns = c->now_ns; /* the stage's timeout runs from here */
+	r->stage_ns = c->now_ns;		    /* the stage's timeout runs from here */
 	if (r->start_ns && c->nin < DP_LAT_SAMPLES) /* the first hand-off of the request */
 		c->in_start[c->nin++] = r->start_ns;
 	r->start_ns = 0;
@@ -243,8 +246,7 @@ static int post(struct dp_core *c, uint32_t i)
 	return 0;
 }
 
-static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
-			    const char *msg);
+static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error, const char *msg);
 
 /* Start the generating stage on @ch: ROUTED to the client, the request to the worker. */
 static void start_generate(struct dp_core *c, uint32_t i, const struct rt_choice *ch)
@@ -281,14 +283,22 @@ static void start_prefill(struct dp_core *c, uint32_t i, const struct rt_choice 
 static const char *route_error(int rc)
 {
 	switch (rc) {
-	case -ENOENT: return "unknown model";
-	case -ENODEV: return "no eligible worker";
-	case -EBUSY: return "every eligible worker is over its busy threshold";
-	case -EXDEV: return "no decode worker shares the prefill worker's transfer domain";
-	case -EPERM: return "prefill unavailable and disaggregation is enforced";
-	case -E2BIG: return "prompt longer than the router's limit";
-	case -ENOBUFS: return "router overloaded: no request slot on this core";
-	default: return "invalid request";
+	case -ENOENT:
+		return "unknown model";
+	case -ENODEV:
+		return "no eligible worker";
+	case -EBUSY:
+		return "every eligible worker is over its busy threshold";
+	case -EXDEV:
+		return "no decode worker shares the prefill worker's transfer domain";
+	case -EPERM:
+		return "prefill unavailable and disaggregation is enforced";
+	case -E2BIG:
+		return "prompt longer than the router's limit";
+	case -ENOBUFS:
+		return "router overloaded: no request slot on this core";
+	default:
+		return "invalid request";
 	}
 }
 
@@ -327,8 +337,7 @@ static void prefill_failed(struct dp_core *c, uint32_t i, const char *why)
  * The generating worker failed request @i. @died: it went away or could not take the request,
  * which before the first token is worth another worker; a worker's own error is final.
  */
-static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
-			    const char *msg)
+static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error, const char *msg)
 {
 	struct dp_req *r = &c->reqs[i];
 	struct rt_choice ch;
@@ -347,7 +356,7 @@ static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
 	r->retries++;
 	dp_count(c, DP_STAT(decode_retries), 1);
 	rc = r->plan == PDC_PLAN_DISAGG ? rt_route_decode(&c->rt, &r->rq, r->prefill.target, &ch)
-				       : rt_route_fallback(&c->rt, &r->rq, &ch);
+					: rt_route_fallback(&c->rt, &r->rq, &ch);
 	if (rc && r->plan == PDC_PLAN_DISAGG && !enforced(c, r)) {
 		/* No decode worker can take the prefill's KV any more (the prefill worker went
 		 * too): one that prefills itself still can. */
@@ -390,25 +399,31 @@ static int fill_request(struct dp_core *c, struct dp_req *r, const struct dp_fra
 	if (x->sampling_len)
 		memcpy(r->sampling.p, f->sampling, x->sampling_len);
 	r->sampling.len = x->sampling_len;
-	*rq = (struct rt_request){
-		.tokens = (const uint32_t *)r->tokens.p, .ntokens = x->ntokens,
-		.hash_seed = dp_hash_seed(f->lora, x->lora_len, f->salt, x->salt_len),
-		.now_ns = c->now_ns, .pin_target = RT_NO_PIN, .pin_prefill = RT_NO_PIN,
-		.peek = x->flags & PDC_PEEK,
-		.ov = {.set = x->override_set, .overlap_score_credit = x->overlap_score_credit,
-		       .prefill_load_scale = x->prefill_load_scale, .temperature = x->temperature,
-		       .assume_kv_reuse = x->kv_reuse, .track_prefill_tokens = x->prefill_tokens}};
+	*rq = (struct rt_request){.tokens = (const uint32_t *)r->tokens.p,
+				  .ntokens = x->ntokens,
+				  .hash_seed =
+				      dp_hash_seed(f->lora, x->lora_len, f->salt, x->salt_len),
+				  .now_ns = c->now_ns,
+				  .pin_target = RT_NO_PIN,
+				  .pin_prefill = RT_NO_PIN,
+				  .peek = x->flags & PDC_PEEK,
+				  .ov = {.set = x->override_set,
+					 .overlap_score_credit = x->overlap_score_credit,
+					 .prefill_load_scale = x->prefill_load_scale,
+					 .temperature = x->temperature,
+					 .assume_kv_reuse = x->kv_reuse,
+					 .track_prefill_tokens = x->prefill_tokens}};
 	_Static_assert(PDC_OV_CREDIT == RT_OV_CREDIT && PDC_OV_LOAD_SCALE == RT_OV_LOAD_SCALE &&
-			       PDC_OV_TEMPERATURE == RT_OV_TEMPERATURE &&
-			       PDC_OV_KV_REUSE == RT_OV_KV_REUSE &&
-			       PDC_OV_PREFILL_TOKENS == RT_OV_PREFILL_TOKENS,
+			   PDC_OV_TEMPERATURE == RT_OV_TEMPERATURE &&
+			   PDC_OV_KV_REUSE == RT_OV_KV_REUSE &&
+			   PDC_OV_PREFILL_TOKENS == RT_OV_PREFILL_TOKENS,
 		       "client overrides are the policy's");
 	rc = rt_model_find(c->cfg.rt, f->model, x->model_len);
 	if (rc < 0)
 		return rc;
 	rq->model = (uint32_t)rc;
-	rq->pin_worker = (struct rt_pin){x->pin_worker != PDC_NO_WORKER, x->pin_worker,
-					 x->pin_dp_rank};
+	rq->pin_worker =
+	    (struct rt_pin){x->pin_worker != PDC_NO_WORKER, x->pin_worker, x->pin_dp_rank};
 	rq->pin_prefill_worker = (struct rt_pin){x->pin_prefill_worker != PDC_NO_WORKER,
 						 x->pin_prefill_worker, x->pin_prefill_dp_rank};
 	return 0;
@@ -613,8 +628,8 @@ int dp_req_answer(struct dp_core *c, struct dp_peer *p, uint16_t type, const uin
 	/* Only the worker holding the request's current stage may answer it, and only with
 	 * what that stage expects; anything else (a late answer to a cancelled request, a
 	 * worker guessing ids) is dropped and counted. */
-	if (!r || r->gen != a.request_id >> SLOT_BITS || r->state == DP_REQ_FREE ||
-	    r->peer != p || r->queue == DP_Q_BLOCKED ||
+	if (!r || r->gen != a.request_id >> SLOT_BITS || r->state == DP_REQ_FREE || r->peer != p ||
+	    r->queue == DP_Q_BLOCKED ||
 	    (type == SHM_LANE_PREFILLED && r->state != DP_REQ_PREFILL) ||
 	    ((type == SHM_LANE_TOKENS || type == SHM_LANE_DONE) && r->state != DP_REQ_DECODE)) {
 		dp_count(c, DP_STAT(answers_stray), 1);
@@ -640,7 +655,8 @@ int dp_req_answer(struct dp_core *c, struct dp_peer *p, uint16_t type, const uin
 		if (r->state == DP_REQ_PREFILL)
 			prefill_failed(c, i, msg[0] ? msg : "the prefill worker failed");
 		else
-			generate_failed(c, i, false, (int32_t)a.value, msg[0] ? msg : "worker error");
+			generate_failed(c, i, false, (int32_t)a.value,
+					msg[0] ? msg : "worker error");
 		break;
 	}
 	return 0;

@@ -191,7 +191,8 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 			       : rq->pin_target;
 	c->pin_prefill = rq->pin_prefill;
 	if (rq->pin_prefill_worker.set)
-		c->pin_prefill = pin_lookup(c, *md, RT_PREFILL, RT_PREFILL, &rq->pin_prefill_worker);
+		c->pin_prefill =
+			pin_lookup(c, *md, RT_PREFILL, RT_PREFILL, &rq->pin_prefill_worker);
 	c->hashed_bs = 0;
 	c->has_decode_keys = 0;
 	return 0;
