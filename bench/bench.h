@@ -7,7 +7,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <time.h>
+
+#include "clock.h" /* dp_now_ns(): the clock every benchmark times with */
 
 /* Exit statuses of every subcommand. */
 enum { BENCH_OK = 0, BENCH_FAILED = 1, BENCH_USAGE = 2 };
@@ -93,13 +94,5 @@ void bench_sort_u64(uint64_t *v, size_t n);
 /* Nearest-rank percentile @permille (500: median) of the sorted @v[0..n); 0 when n is 0. */
 uint64_t bench_pct(const uint64_t *v, size_t n, unsigned permille);
 
-/* Monotonic nanoseconds; a vDSO call, no syscall, so it may sit around every timed op. */
-static inline uint64_t bench_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 #endif

@@ -103,17 +103,17 @@ int bench_hash_main(int argc, char **argv)
 	}
 
 	uint64_t seed = dp_hash_seed(NULL, 0, NULL, 0), local_ns = 0, seq_ns = 0, rounds = 0;
-	uint64_t end = bench_now_ns() + (uint64_t)(o.seconds * 1e9), check = 0;
+	uint64_t end = dp_now_ns() + (uint64_t)(o.seconds * 1e9), check = 0;
 
-	while (bench_now_ns() < end) {
-		uint64_t t0 = bench_now_ns();
+	while (dp_now_ns() < end) {
+		uint64_t t0 = dp_now_ns();
 
 		dp_hash_blocks(tokens, o.tokens, o.block_size, seed, local);
 
-		uint64_t t1 = bench_now_ns();
+		uint64_t t1 = dp_now_ns();
 
 		dp_hash_sequence(local, nblocks, seq);
-		seq_ns += bench_now_ns() - t1;
+		seq_ns += dp_now_ns() - t1;
 		local_ns += t1 - t0;
 		check ^= seq[nblocks - 1];
 		rounds++;

@@ -302,12 +302,12 @@ static void bi_replay_op(struct bi_replay *c, const struct pdops_op *op)
 	 */
 	if (op->kind == PDOPS_MATCH)
 		memcpy(c->query, op->hashes, op->n * sizeof(*c->query));
-	t0 = bench_now_ns();
+	t0 = dp_now_ns();
 	if (op->kind == PDOPS_MATCH)
 		n = pdx_match(c->r, c->query, op->n, c->ans);
 	else
 		ret = bi_apply_event(&c->x, op);
-	ns = bench_now_ns() - t0;
+	ns = dp_now_ns() - t0;
 	c->run->ns[op->kind] += ns;
 	if (op->kind == PDOPS_MATCH) {
 		c->lat[c->nlat++] = ns;
@@ -344,10 +344,10 @@ static int bi_replay_once(struct bi_replay *c)
 	pdx_stats(&c->x, &c->run->before);
 	c->run->peak_bytes = c->run->before.bytes;
 	c->nlat = 0;
-	t0 = bench_now_ns();
+	t0 = dp_now_ns();
 	for (size_t i = 0; i < c->s->nops; i++)
 		bi_replay_op(c, &c->s->ops[i]);
-	c->run->wall_ns = bench_now_ns() - t0;
+	c->run->wall_ns = dp_now_ns() - t0;
 	pdx_reclaim(&c->x);
 	pdx_stats(&c->x, &c->run->after);
 	pdx_reader_detach(c->r);

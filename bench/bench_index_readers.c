@@ -161,12 +161,12 @@ static void *bi_writer_main(void *arg)
 	if (bi_gate_arrive(&ph->gate) != BI_GATE_GO)
 		return NULL;
 	ph->w_events = 0;
-	ph->w_start = bench_now_ns();
+	ph->w_start = dp_now_ns();
 	while (!bi_stopped(ph)) {
 		bi_writer_clear_all(ph);
 		bi_writer_pass(ph, true);
 	}
-	ph->w_end = bench_now_ns();
+	ph->w_end = dp_now_ns();
 	return NULL;
 }
 
@@ -215,10 +215,10 @@ static void bi_reader_loop(struct bi_reader *rd)
 
 	while (!bi_stopped(rd->ph)) {
 		const struct pdops_op *q = s->match[i];
-		uint64_t t0 = bench_now_ns(), ns;
+		uint64_t t0 = dp_now_ns(), ns;
 		size_t n = pdx_match(rd->h, q->hashes, q->n, rd->ans);
 
-		ns = bench_now_ns() - t0;
+		ns = dp_now_ns() - t0;
 		rd->hist[bi_hist_bucket(ns)]++;
 		if (ns > rd->max_ns)
 			rd->max_ns = ns;
@@ -245,9 +245,9 @@ static void *bi_reader_main(void *arg)
 	rd->err = pdx_reader_attach(&rd->ph->x, &rd->h);
 	if (bi_gate_arrive(&rd->ph->gate) == BI_GATE_GO && rd->err == 0) {
 		rd->preempted = bi_preemptions();
-		rd->t_start = bench_now_ns();
+		rd->t_start = dp_now_ns();
 		bi_reader_loop(rd);
-		rd->t_end = bench_now_ns();
+		rd->t_end = dp_now_ns();
 		rd->preempted = bi_preemptions() - rd->preempted;
 	}
 	if (rd->err == 0)

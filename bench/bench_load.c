@@ -245,7 +245,7 @@ static int send_one(struct load *l, uint64_t id, uint64_t sched)
 	if (!buf || pdc_request_encode(buf, len, &a) != (long)len)
 		return -ENOMEM;
 	load_io_commit(&l->io, k, len);
-	r->sent = bench_now_ns();
+	r->sent = dp_now_ns();
 	r->sched = sched ? sched : r->sent;
 	r->prompt = p.input;
 	r->state = LOAD_FLIGHT;
@@ -346,7 +346,7 @@ static int run(struct load *l)
 	for (;;) {
 		bool sending;
 
-		now = bench_now_ns();
+		now = dp_now_ns();
 		if (l->o.progress && now >= l->prog.at + PROGRESS_NS)
 			progress(l, now);
 		sending = (open ? off < dur : now < end) && (!l->o.requests || id <= l->o.requests);
@@ -358,7 +358,7 @@ static int run(struct load *l)
 			off = open ? load_sched_next(&l->sched) : 0;
 			sending = (!open || off < dur) && (!l->o.requests || id <= l->o.requests);
 		}
-		if (rc || (rc = load_io_run(&l->io, wait_ns(l, bench_now_ns(), l->start + off,
+		if (rc || (rc = load_io_run(&l->io, wait_ns(l, dp_now_ns(), l->start + off,
 							      sending), on_event, l)))
 			break;
 	}
@@ -539,13 +539,13 @@ int bench_load_main(int argc, char **argv)
 	if (l.o.admin && !rt.have)
 		fprintf(stderr, "pdbench load: no counters from %s; router latency not shown\n",
 			l.o.admin);
-	l.start = l.prog.at = bench_now_ns();
+	l.start = l.prog.at = dp_now_ns();
 	rc = run(&l);
 	if (rt.have && !rc && !load_admin_hists(l.o.admin, h1))
 		router_delta(&rt, h0, h1);
 	else
 		rt.have = false;
-	status = results(&l, &rt, bench_now_ns() - l.start) || rc || l.errors || l.inflight
+	status = results(&l, &rt, dp_now_ns() - l.start) || rc || l.errors || l.inflight
 			 ? BENCH_FAILED : BENCH_OK;
 	load_io_exit(&l.io);
 	load_vec_free(&l.recs);

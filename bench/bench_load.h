@@ -3,7 +3,7 @@
  * that turns either into token ids), the arrival schedule, per-request records and their
  * summary, and the report writers. These are pure (no sockets, no clock of their own), so the
  * tests check them without a router; bench_load_io.c owns the connections and bench_load.c
- * the run. Times are CLOCK_MONOTONIC nanoseconds (bench_now_ns()) unless a name says otherwise.
+ * the run. Times are CLOCK_MONOTONIC nanoseconds (dp_now_ns()) unless a name says otherwise.
  */
 #ifndef PD_BENCH_BENCH_LOAD_H
 #define PD_BENCH_BENCH_LOAD_H

@@ -117,7 +117,7 @@ static void take_queue(struct load_conn *c)
 /* Decode every whole frame in @c's input and hand it to @fn. */
 static int drain(struct load_conn *c, load_event_fn fn, void *arg)
 {
-	uint64_t now = bench_now_ns();
+	uint64_t now = dp_now_ns();
 	size_t off = 0;
 
 	for (;;) {

@@ -76,7 +76,7 @@ static int bm_produce_latency(struct shm_ring *r, uint32_t samples)
 		while (!(p = shm_ring_reserve(r, 1, 0, sizeof(uint64_t), &err)))
 			if (err != -ENOBUFS)
 				return err;
-		*p = bench_now_ns();
+		*p = dp_now_ns();
 		shm_ring_commit(r);
 		shm_ring_publish(r);
 		do { /* wait until it was taken: the next sample starts from an idle ring */
@@ -100,7 +100,7 @@ static int bm_consume_latency(struct shm_ring *r, uint32_t samples, uint64_t *la
 		if (rc || rec.len != sizeof(uint64_t))
 			return rc ? rc : -EBADMSG;
 		memcpy(&sent, rec.payload, sizeof(sent));
-		lat[i] = bench_now_ns() - sent;
+		lat[i] = dp_now_ns() - sent;
 		shm_ring_consume(r);
 		shm_ring_release(r);
 	}
@@ -143,7 +143,7 @@ static int bm_consume_stream(struct shm_ring *r, uint32_t records, uint32_t payl
 		if (rc || rec.len != payload)
 			return rc ? rc : -EBADMSG;
 		if (i == 0)
-			t0 = bench_now_ns();
+			t0 = dp_now_ns();
 		memcpy(&seq, rec.payload, sizeof(seq));
 		if (seq != i)
 			return -EBADMSG;
@@ -152,7 +152,7 @@ static int bm_consume_stream(struct shm_ring *r, uint32_t records, uint32_t payl
 			shm_ring_release(r);
 	}
 	shm_ring_release(r);
-	*ns = bench_now_ns() - t0;
+	*ns = dp_now_ns() - t0;
 	return 0;
 }
 

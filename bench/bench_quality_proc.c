@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "bench_quality.h"
 
 #define ADMIN_TIMEOUT_MS 2000 /* the router answers at once; this is for a busy machine */
@@ -43,10 +44,7 @@ void qual_catch_signals(void)
 
 uint64_t qual_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return dp_now_ns() / 1000000;
 }
 
 void qual_nap(void)

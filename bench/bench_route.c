@@ -250,10 +250,10 @@ static int br_route(struct br_world *w, uint32_t n, uint64_t *lat, uint64_t *ove
 		br_next_prompt(w);
 		if (w->inflight[slot])
 			rt_release(&w->core, w->inflight[slot]);
-		t0 = bench_now_ns();
+		t0 = dp_now_ns();
 		rc = rt_route(&w->core, &rq, &plan);
 		if (lat)
-			lat[i] = bench_now_ns() - t0;
+			lat[i] = dp_now_ns() - t0;
 		if (rc)
 			return rc;
 		*overlap += plan.first.overlap;

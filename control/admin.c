@@ -14,6 +14,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <json.h>
+
 #include "admin.h"
 #include "hist.h"
 
@@ -128,21 +130,13 @@ static void counters(FILE *f, const struct ctl_admin_view *v)
 	fputs("}}\n", f);
 }
 
-/* A JSON string; names come from workers, so everything is escaped. */
+/* @s as a JSON string, escaped by json-c (names come from workers: anything may be in them). */
 static void json_str(FILE *f, const char *s)
 {
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
+	struct json_object *o = json_object_new_string(s);
 
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch < 0x20 || ch >= 0x7f)
-			fprintf(f, "\\u%04x", ch);
-		else
-			fputc(ch, f);
-	}
-	fputc('"', f);
+	fputs(o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN) : "\"\"", f);
+	json_object_put(o);
 }
 
 static const struct ctl_conn *conn_of(const struct ctl_server *s, uint32_t worker)

@@ -14,18 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "daemon.h"
 #include "log.h"
 
 #define CMD_RING_BYTES (64u << 10)
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void *core_main(void *arg)
 {
@@ -303,7 +296,7 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 	int rc;
 
 	d->o = *o;
-	d->next_stats_ns = now_ns() + o->stats_interval_ms * 1000000ull;
+	d->next_stats_ns = dp_now_ns() + o->stats_interval_ms * 1000000ull;
 	rc = place(d, err, errlen);
 
 	if (rc)
@@ -367,7 +360,7 @@ int pd_daemon_start(struct pd_daemon *d, const struct pd_options *o, char *err, 
 
 int pd_daemon_poll(struct pd_daemon *d, int timeout_ms)
 {
-	uint64_t now = now_ns();
+	uint64_t now = dp_now_ns();
 	int rc = ctl_server_poll(&d->server, timeout_ms, now);
 
 	if (rc < 0)

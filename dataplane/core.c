@@ -17,14 +17,6 @@
 #define STOP_FLUSH_NS 1000000000ull
 #define ANSWERS_PER_LANE 256u /* per round, so one busy worker cannot starve the others */
 
-uint64_t dp_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Time what this round handed over: @start's samples end at @end. */
 static void time_round(struct dp_hist *h, const uint64_t *start, uint32_t *n, uint64_t end)
 {
@@ -80,19 +72,15 @@ void dp_list_del(struct dp_list *l, struct dp_link *(*link)(struct dp_core *, ui
 
 void dp_core_mark_dirty(struct dp_core *c, struct dp_peer *p)
 {
-	for (uint32_t k = 0; k < c->ndirty; k++)
-		if (c->dirty[k] == p)
-			return;
-	if (c->ndirty < DP_MAX_PEERS)
-		c->dirty[c->ndirty++] = p;
+	dp_peer_set_add(&c->dirty, p);
 }
 
 /* Publish every lane posted to so far; the hand-offs are timed here, once the records are
  * visible to the workers. Cheap (a release store per lane): done after every receive. */
 void dp_core_publish(struct dp_core *c)
 {
-	for (uint32_t k = 0; k < c->ndirty; k++)
-		shm_ring_publish(&c->dirty[k]->mbox.req[c->cfg.index]);
+	for (uint32_t k = 0; k < c->dirty.n; k++)
+		shm_ring_publish(&c->dirty.p[k]->mbox.req[c->cfg.index]);
 	if (c->nin)
 		time_round(&c->lat[DP_LAT_IN], c->in_start, &c->nin, dp_now_ns());
 }
@@ -100,38 +88,27 @@ void dp_core_publish(struct dp_core *c)
 /* Then wake the workers that sleep (a futex wake each, only for a sleeping one). */
 static void ring_doorbells(struct dp_core *c)
 {
-	for (uint32_t k = 0; k < c->ndirty; k++)
-		shm_mbox_ring_doorbell(&c->dirty[k]->mbox);
-	c->ndirty = 0;
+	for (uint32_t k = 0; k < c->dirty.n; k++)
+		shm_mbox_ring_doorbell(&c->dirty.p[k]->mbox);
+	c->dirty.n = 0;
 }
 
-static int peer_slot(const struct dp_core *c, const struct dp_peer *p)
+/* Forget @p on this core (its requests are settled apart); false when it was not polled. */
+static bool forget_peer(struct dp_core *c, struct dp_peer *p)
 {
-	for (uint32_t k = 0; k < c->npeers; k++)
-		if (c->peers[k] == p)
-			return (int)k;
-	return -1;
-}
+	bool known = dp_peer_set_del(&c->peers, p);
 
-/* Forget @p on this core; its requests were settled. */
-static void forget_peer(struct dp_core *c, struct dp_peer *p)
-{
-	int k = peer_slot(c, p);
-
-	if (k >= 0)
-		c->peers[k] = c->peers[--c->npeers];
-	for (uint32_t d = 0; d < c->ndirty; d++)
-		if (c->dirty[d] == p)
-			c->dirty[d] = c->dirty[--c->ndirty];
+	dp_peer_set_del(&c->dirty, p);
+	dp_peer_set_del(&c->broken, p); /* its address may be a new worker's once it is gone */
+	return known;
 }
 
 /* @p broke its lane: give it up now, settle its requests, have control drop the worker. */
 static void break_lane(struct dp_core *c, struct dp_peer *p)
 {
-	if (peer_slot(c, p) < 0)
+	if (!forget_peer(c, p))
 		return; /* reported already */
 	dp_count(c, DP_STAT(lanes_broken), 1);
-	forget_peer(c, p);
 	dp_req_peer_gone(c, p);
 	/* R: the control thread disconnects the worker when it sees this; nothing of ours it
 	 * reads depends on it, the release only keeps the report in order with the above. */
@@ -140,18 +117,14 @@ static void break_lane(struct dp_core *c, struct dp_peer *p)
 
 void dp_core_lane_broken(struct dp_core *c, struct dp_peer *p)
 {
-	for (uint32_t k = 0; k < c->nbroken; k++)
-		if (c->broken[k] == p)
-			return;
-	if (c->nbroken < DP_MAX_PEERS)
-		c->broken[c->nbroken++] = p;
+	dp_peer_set_add(&c->broken, p);
 }
 
 /* The lanes found broken while posting, given up now that no request is mid-update. */
 static void settle_broken(struct dp_core *c)
 {
-	while (c->nbroken)
-		break_lane(c, c->broken[--c->nbroken]);
+	while (c->broken.n)
+		break_lane(c, c->broken.p[--c->broken.n]);
 }
 
 /* Read up to ANSWERS_PER_LANE answers from each worker's lane. */
@@ -159,8 +132,8 @@ static unsigned poll_lanes(struct dp_core *c)
 {
 	unsigned work = 0;
 
-	for (uint32_t k = 0; k < c->npeers; k++) {
-		struct dp_peer *p = c->peers[k];
+	for (uint32_t k = 0; k < c->peers.n; k++) {
+		struct dp_peer *p = c->peers.p[k];
 		struct shm_ring *r = &p->mbox.resp[c->cfg.index];
 		struct shm_rec rec;
 		unsigned n = 0;
@@ -217,8 +190,7 @@ static unsigned take_commands(struct dp_core *c)
 		memcpy(&cmd, rec.payload, sizeof(cmd));
 		switch (rec.type) {
 		case DP_CMD_PEER_ADD:
-			if (peer_slot(c, cmd.peer) < 0 && c->npeers < DP_MAX_PEERS)
-				c->peers[c->npeers++] = cmd.peer;
+			dp_peer_set_add(&c->peers, cmd.peer);
 			break;
 		case DP_CMD_PEER_GONE:
 			forget_peer(c, cmd.peer);

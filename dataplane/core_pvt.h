@@ -8,6 +8,7 @@
 
 #include <liburing.h>
 
+#include "clock.h"
 #include "core.h"
 #include "hist.h"
 #include "lanes.h"
@@ -20,6 +21,33 @@
 #define DP_RECV_BUFS 256u	     /* provided receive buffers per core (power of two) */
 #define DP_OUT_LIMIT (64u << 20)     /* unsent answer bytes before a client counts as stuck */
 #define DP_LAT_SAMPLES 1024u	     /* latencies timed per round; more are not sampled */
+
+/* A few workers, unordered, each at most once: a core's lanes to poll, publish or give up. */
+struct dp_peer_set {
+	struct dp_peer *p[DP_MAX_PEERS];
+	uint32_t n;
+};
+
+/* Add @p unless it is there (a full set keeps what it has: it holds every peer). */
+static inline void dp_peer_set_add(struct dp_peer_set *s, struct dp_peer *p)
+{
+	for (uint32_t k = 0; k < s->n; k++)
+		if (s->p[k] == p)
+			return;
+	if (s->n < DP_MAX_PEERS)
+		s->p[s->n++] = p;
+}
+
+/* Remove @p; returns whether it was there (the last member moves into its place). */
+static inline bool dp_peer_set_del(struct dp_peer_set *s, const struct dp_peer *p)
+{
+	for (uint32_t k = 0; k < s->n; k++)
+		if (s->p[k] == p) {
+			s->p[k] = s->p[--s->n];
+			return true;
+		}
+	return false;
+}
 
 /* A doubly linked list of pool slots, by index. */
 struct dp_list {
@@ -109,12 +137,9 @@ struct dp_core {
 	uint32_t nreqs;
 	uint32_t free_req;  /* free slots, linked through q_link.next */
 	struct dp_list queue[DP_QUEUES];
-	struct dp_peer *peers[DP_MAX_PEERS];
-	uint32_t npeers;
-	struct dp_peer *dirty[DP_MAX_PEERS]; /* lanes with committed, unpublished requests */
-	struct dp_peer *broken[DP_MAX_PEERS]; /* lanes found broken while posting */
-	uint32_t nbroken;
-	uint32_t ndirty;
+	struct dp_peer_set peers;  /* lanes polled for answers */
+	struct dp_peer_set dirty;  /* lanes with committed, unpublished requests */
+	struct dp_peer_set broken; /* lanes found broken while posting */
 	bool stopping;
 	uint64_t now_ns;    /* the loop's clock, read once per round */
 	uint64_t frame_ns;  /* when the receive completion being handled was taken */
@@ -138,9 +163,6 @@ static inline void dp_count(struct dp_core *c, size_t stat, uint64_t v)
 			      atomic_load_explicit(&c->stats[stat], memory_order_relaxed) + v,
 			      memory_order_relaxed);
 }
-
-/* The monotonic clock in ns (core.c). */
-uint64_t dp_now_ns(void);
 
 /* Lists (core.c). */
 void dp_list_push(struct dp_list *l, struct dp_link *(*link)(struct dp_core *, uint32_t),

@@ -174,18 +174,13 @@ static void cancel_on_worker(struct dp_core *c, uint32_t i)
 }
 
 /* End request @i: an error frame, the worker told, everything released. */
-static void fail(struct dp_core *c, uint32_t i, int error, const char *msg)
+void dp_req_abort(struct dp_core *c, uint32_t i, int error, const char *msg)
 {
 	struct dp_req *r = &c->reqs[i];
 
 	cancel_on_worker(c, i);
 	send_error_to(c, r->conn, r->conn_gen, r->client_id, error, msg);
 	free_req(c, i);
-}
-
-void dp_req_abort(struct dp_core *c, uint32_t i, int error, const char *msg)
-{
-	fail(c, i, error, msg);
 }
 
 /* ---- posting to workers ---- */
@@ -320,12 +315,12 @@ static void prefill_failed(struct dp_core *c, uint32_t i, const char *why)
 	r->prefill.load = 0;
 	r->peer = NULL;
 	if (enforced(c, r)) {
-		fail(c, i, -EPERM, why);
+		dp_req_abort(c, i, -EPERM, why);
 		return;
 	}
 	rc = rt_route_fallback(&c->rt, &r->rq, &ch);
 	if (rc) {
-		fail(c, i, rc, route_error(rc));
+		dp_req_abort(c, i, rc, route_error(rc));
 		return;
 	}
 	dp_count(c, DP_STAT(fallbacks), 1);
@@ -345,7 +340,7 @@ static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
 
 	dp_count(c, DP_STAT(worker_failed), 1);
 	if (!died || r->got_token || r->retries >= c->cfg.decode_retries) {
-		fail(c, i, r->got_token ? -ECONNRESET : error < 0 ? error : -EIO, msg);
+		dp_req_abort(c, i, r->got_token ? -ECONNRESET : error < 0 ? error : -EIO, msg);
 		return;
 	}
 	cancel_on_worker(c, i);
@@ -367,7 +362,8 @@ static void generate_failed(struct dp_core *c, uint32_t i, bool died, int error,
 		}
 	}
 	if (rc) {
-		fail(c, i, -ECONNRESET, "the worker went away and no other could take over");
+		dp_req_abort(c, i, -ECONNRESET,
+			     "the worker went away and no other could take over");
 		return;
 	}
 	start_generate(c, i, &ch);
@@ -508,7 +504,7 @@ void dp_req_start(struct dp_core *c, uint32_t conn, const struct dp_frame_reques
 	case RT_PLAN_FALLBACK:
 		if (enforced(c, r)) {
 			r->gen_choice = plan.first; /* its load goes with the request */
-			fail(c, i, -EPERM, route_error(-EPERM));
+			dp_req_abort(c, i, -EPERM, route_error(-EPERM));
 			return;
 		}
 		dp_count(c, DP_STAT(fallbacks), 1);
@@ -517,7 +513,7 @@ void dp_req_start(struct dp_core *c, uint32_t conn, const struct dp_frame_reques
 	case RT_PLAN_BOOTSTRAP: /* the daemon does not configure bootstrap mode */
 		r->prefill = plan.first;
 		r->gen_choice = plan.decode;
-		fail(c, i, -EINVAL, "bootstrap mode is not served by this router");
+		dp_req_abort(c, i, -EINVAL, "bootstrap mode is not served by this router");
 		return;
 	default:
 		start_generate(c, i, &plan.first);
@@ -565,7 +561,8 @@ static void on_prefilled(struct dp_core *c, uint32_t i, const struct shm_lane_an
 	rt_first_token(&c->rt, r->prefill.load);
 	if (dp_buf_reserve(&c->slab, &r->params, a->n ? a->n : 1)) {
 		dp_count(c, DP_STAT(overloaded), 1);
-		fail(c, i, -ENOBUFS, "router overloaded: no buffer for the KV-transfer params");
+		dp_req_abort(c, i, -ENOBUFS,
+			     "router overloaded: no buffer for the KV-transfer params");
 		return;
 	}
 	memcpy(r->params.p, a->data, a->n); /* out of shared memory: ours from now on */
@@ -579,7 +576,7 @@ static void on_prefilled(struct dp_core *c, uint32_t i, const struct shm_lane_an
 		return;
 	}
 	if (rc) {
-		fail(c, i, rc, route_error(rc));
+		dp_req_abort(c, i, rc, route_error(rc));
 		return;
 	}
 	start_generate(c, i, &ch);
@@ -606,7 +603,8 @@ static void on_tokens(struct dp_core *c, uint32_t i, const struct shm_lane_answe
 		send_tokens(c, r, a->data, n);
 	} else if (dp_buf_reserve(&c->slab, &r->acc, r->acc.len + 4ull * n)) {
 		dp_count(c, DP_STAT(overloaded), 1);
-		fail(c, i, -ENOBUFS, "router overloaded: no buffer for the generated tokens");
+		dp_req_abort(c, i, -ENOBUFS,
+			     "router overloaded: no buffer for the generated tokens");
 	} else {
 		memcpy(r->acc.p + r->acc.len, a->data, 4ull * n);
 		r->acc.len += 4 * n;
@@ -725,7 +723,7 @@ void dp_req_timeouts(struct dp_core *c)
 	while ((i = c->queue[DP_Q_DECODE].head) != DP_NIL &&
 	       now - c->reqs[i].stage_ns > c->cfg.decode_timeout_ns) {
 		dp_count(c, DP_STAT(timeouts), 1);
-		fail(c, i, -ETIMEDOUT, "the worker did not finish in time");
+		dp_req_abort(c, i, -ETIMEDOUT, "the worker did not finish in time");
 	}
 	/* Waiting for ring room is bounded by the stage's timeout too. */
 	for (i = c->queue[DP_Q_BLOCKED].head; i != DP_NIL;) {
@@ -740,7 +738,7 @@ void dp_req_timeouts(struct dp_core *c)
 			if (r->state == DP_REQ_PREFILL)
 				prefill_failed(c, i, "the prefill worker's ring stayed full");
 			else
-				fail(c, i, -ETIMEDOUT, "the worker's ring stayed full");
+				dp_req_abort(c, i, -ETIMEDOUT, "the worker's ring stayed full");
 		}
 		i = next;
 	}

@@ -394,13 +394,6 @@ static uint64_t add_mapped(struct rt_share *s, uint32_t slot, const uint64_t *se
 	return fresh;
 }
 
-/* A count only its core writes: a relaxed load and store, no locked instruction. */
-static void inflight_add(_Atomic uint32_t *n, int32_t v)
-{
-	atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + (uint32_t)v,
-			      memory_order_relaxed);
-}
-
 int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *out,
 		 uint32_t *untracked)
 {
@@ -425,7 +418,7 @@ int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *o
 	rt_relaxed_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
 	rt_relaxed_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
 	/* Relaxed, one writer: published to the control thread by the decision's end (R6). */
-	inflight_add(&s->inflight[a->target], 1);
+	rt_relaxed_add(&s->inflight[a->target], 1, 0);
 	fifo_append(s, slot);
 	*out = handle_of(s, slot);
 	return 0;
@@ -466,7 +459,7 @@ static void release_slot(struct rt_share *s, uint32_t slot)
 	rt_relaxed_add(&s->tl[r->target].blocks, 0, gone);
 	if (r->prefill_pending)
 		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
-	inflight_add(&s->inflight[r->target], -1);
+	rt_relaxed_add(&s->inflight[r->target], 0, 1);
 	fifo_unlink(s, slot);
 	r->live = false;
 	r->gen++;

@@ -171,7 +171,7 @@ struct rt_share {
 	/* Requests in flight per target, whatever load they carry (a finished prefill carries
 	 * none): a departed target's id is not handed out while any core has one. Writer: the
 	 * core; the control thread reads it relaxed, after grace_over()'s acquire (A6). */
-	_Atomic uint32_t *inflight; /* [max_targets] */
+	_Atomic uint64_t *inflight; /* [max_targets] */
 	uint32_t core;	     /* index of the owning core, part of every handle */
 	/* Decisions begun and ended, times two: odd while deciding. Writer: the core; the control
 	 * thread reads it to know when a target that left its pool is no longer looked at. */
@@ -266,7 +266,7 @@ static inline void rt_relaxed_add(_Atomic uint64_t *v, uint64_t add, uint64_t su
 struct rt_shares {
 	uint32_t n;
 	const struct rt_tload *tl[RT_CORES_LIMIT];
-	_Atomic uint32_t *const *inflight[RT_CORES_LIMIT];
+	_Atomic uint64_t *const *inflight[RT_CORES_LIMIT];
 };
 
 /*

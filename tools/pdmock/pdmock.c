@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cache.h"
 #include "events.h"
 #include "pdworker.h"
@@ -67,14 +68,6 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	stop = 1;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /*
@@ -265,7 +258,7 @@ static void take(struct mk *m, const struct pdw_request *r)
 	}
 	*s = (struct mk_seq){.live = true, .request_id = r->req.request_id, .lane = r->lane,
 			     .transferred = r->req.mode == SHM_LANE_DECODE,
-			     .due_ns = now_ns() + m->o.stall_ms * 1000000ull,
+			     .due_ns = dp_now_ns() + m->o.stall_ms * 1000000ull,
 			     .max_tokens = m->o.mode == PDW_PREFILL ? 1 : r->req.max_tokens,
 			     .ntokens = r->req.ntokens,
 			     .prompt = malloc(4 * (size_t)r->req.ntokens)};
@@ -296,7 +289,7 @@ static void poll_requests(struct mk *m)
 static double admit(struct mk *m)
 {
 	uint32_t budget = m->o.max_batched_tokens;
-	uint64_t now = now_ns();
+	uint64_t now = dp_now_ns();
 	double ms = 0;
 
 	for (uint32_t i = 0; i < m->o.max_running; i++) {
@@ -402,7 +395,7 @@ static void step(struct mk *m)
  */
 static int come_back(struct mk *m, const struct pdw_register_args *a)
 {
-	uint64_t end = now_ns() + m->o.reconnect_ms * 1000000ull;
+	uint64_t end = dp_now_ns() + m->o.reconnect_ms * 1000000ull;
 	int rc = 0, last = 0;
 
 	if (!m->o.reconnect_ms)
@@ -420,7 +413,7 @@ static int come_back(struct mk *m, const struct pdw_register_args *a)
 		if (rc == -EPERM && last != rc) /* say it once; a fixed router may take us */
 			fprintf(stderr, "pdmock: refused: %s\n", pdw_reason(&m->w));
 		last = rc;
-		if (now_ns() >= end)
+		if (dp_now_ns() >= end)
 			break;
 		usleep(100000);
 	}

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "load.h"
 #include "proc.h"
 
@@ -41,10 +42,7 @@ static void nap(void)
 
 static long long now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+	return (long long)(dp_now_ns() / 1000000);
 }
 
 static bool is_socket(const char *path)

@@ -16,16 +16,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "proc.h"
 
 #define POLL_MAX 128 /* 64 dataplane cores, two pipes each */
 
 static long long now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+	return (long long)(dp_now_ns() / 1000000);
 }
 
 static void print_cmd(char *const argv[], int cpu)

@@ -5,6 +5,8 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include <json.h>
+
 #include "report.h"
 
 #define CPUS_MAX (DP_PIN_MAX_CORES * 12)
@@ -156,21 +158,13 @@ void pt_print_table(const struct pt_proposal *p, bool ranked, FILE *f)
 	}
 }
 
-/* @s as a JSON string: quotes, backslashes and control characters escaped. */
+/* @s as a JSON string, escaped by json-c. */
 static void json_str(FILE *f, const char *s)
 {
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
+	struct json_object *o = json_object_new_string(s);
 
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch < 0x20)
-			fprintf(f, "\\u%04x", ch);
-		else
-			fputc(ch, f);
-	}
-	fputc('"', f);
+	fputs(o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN) : "\"\"", f);
+	json_object_put(o);
 }
 
 /* "a, b" as ["a","b"]. */
