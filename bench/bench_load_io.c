@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
+#include "admin_client.h"
 #include "bench.h"
 #include "bench_load_io.h"
+
+#define ADMIN_TIMEOUT_MS 5000 /* the router's counters */
 #include "frame.h"
 
 #define RECV_ROOM 65536u      /* free bytes a receive is given */
@@ -325,42 +327,11 @@ void load_io_exit(struct load_io *io)
 
 /* ---- the router's own latency, over the admin socket ---- */
 
-/* The whole answer to @cmd on the admin socket @path, NUL-terminated; NULL on failure. */
-static char *admin_ask(const char *path, const char *cmd)
-{
-	struct sockaddr_un un = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	uint8_t *buf = NULL;
-	size_t len = 0, cap = 0;
-	ssize_t n = -1;
-
-	snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
-	if (fd >= 0 && !connect(fd, (struct sockaddr *)&un, sizeof(un)) &&
-	    send(fd, cmd, strlen(cmd), MSG_NOSIGNAL) == (ssize_t)strlen(cmd)) {
-		do {
-			if (reserve(&buf, &cap, len + RECV_ROOM + 1)) {
-				n = -1;
-				break;
-			}
-			n = recv(fd, buf + len, cap - len - 1, 0);
-			len += n > 0 ? (size_t)n : 0;
-		} while (n > 0);
-	}
-	if (fd >= 0)
-		close(fd);
-	if (n < 0 || !buf) {
-		free(buf);
-		return NULL;
-	}
-	buf[len] = 0;
-	return (char *)buf;
-}
-
 int load_admin_hists(const char *path, uint64_t (*h)[DP_HIST_BUCKETS])
 {
 	static const char *const key[LOAD_ROUTER_HISTS] = {"\"in_hist\":[", "\"out_hist\":[",
 							   "\"route_hist\":[", "\"send_hist\":["};
-	char *buf = admin_ask(path, "counters\n"), *p;
+	char *buf = pd_admin_ask(path, "counters", ADMIN_TIMEOUT_MS), *p;
 
 	if (!buf)
 		return -EIO;

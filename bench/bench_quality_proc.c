@@ -7,20 +7,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
+#include "admin_client.h"
 #include "bench_quality.h"
+#include "clock.h"
 
 #define ADMIN_TIMEOUT_MS 2000 /* the router answers at once; this is for a busy machine */
 #define TAIL_BYTES 4096
@@ -118,54 +116,9 @@ void qual_describe(int status, char *buf, size_t len)
 		snprintf(buf, len, "wait status %#x", status);
 }
 
-/* Read the answer on @fd until the router closes it; NULL on error or timeout. */
-static char *read_answer(int fd)
-{
-	uint64_t end = qual_now_ms() + ADMIN_TIMEOUT_MS;
-	size_t len = 0, cap = 4096;
-	char *buf = malloc(cap), *bigger;
-
-	while (buf) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		uint64_t now = qual_now_ms();
-		ssize_t n;
-
-		if (now >= end || poll(&p, 1, (int)(end - now)) < 0)
-			break;
-		if (len + 1 == cap) {
-			bigger = realloc(buf, cap *= 2);
-			if (!bigger)
-				break;
-			buf = bigger;
-		}
-		n = recv(fd, buf + len, cap - 1 - len, MSG_DONTWAIT);
-		if (n == 0) {
-			buf[len] = 0;
-			return buf;
-		}
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
-			break;
-		len += n > 0 ? (size_t)n : 0;
-	}
-	free(buf);
-	return NULL;
-}
-
 char *qual_admin(const char *path, const char *cmd)
 {
-	struct sockaddr_un un = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	char line[64];
-	char *answer = NULL;
-	int len = snprintf(line, sizeof(line), "%s\n", cmd);
-
-	snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
-	if (fd >= 0 && !connect(fd, (struct sockaddr *)&un, sizeof(un)) &&
-	    send(fd, line, (size_t)len, MSG_NOSIGNAL) == len)
-		answer = read_answer(fd);
-	if (fd >= 0)
-		close(fd);
-	return answer;
+	return pd_admin_ask(path, cmd, ADMIN_TIMEOUT_MS);
 }
 
 void qual_tail(FILE *out, const char *path, unsigned lines)

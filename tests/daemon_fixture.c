@@ -7,7 +7,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <json-c/json.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,11 +15,11 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "admin_client.h"
 #include "daemon_fixture.h"
 
 #define MAX_ARGS 64
@@ -324,46 +323,15 @@ void t_worker_kill(uint32_t id, int sig)
 
 /* ---- the admin socket ---- */
 
-/* One admin exchange: the answer, or NULL when the router closed without one (it gives a
- * client 100 ms to send its line, which a busy machine can miss). */
+/* One admin exchange: the answer, or NULL while the socket does not listen yet or the router
+ * closed without one (it gives a client 100 ms to send its line, which a busy machine can
+ * miss). */
 static char *admin_once(const char *cmd, uint64_t end)
 {
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	char line[64];
-	size_t len = 0, cap = 1 << 16;
-	char *out;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	uint64_t now = t_now_ms();
+	char *out = pd_admin_ask(t_d.admin_path, cmd, now < end ? (int)(end - now) : 1);
 
-	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	strcpy(addr.sun_path, t_d.admin_path);
-	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
-		close(fd); /* not listening yet */
-		return NULL;
-	}
-	snprintf(line, sizeof(line), "%s\n", cmd);
-	cr_assert_eq(send(fd, line, strlen(line), MSG_NOSIGNAL), (ssize_t)strlen(line));
-	out = malloc(cap);
-	cr_assert_not_null(out);
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		uint64_t now = t_now_ms();
-		ssize_t n;
-
-		cr_assert(now < end, "the admin socket did not answer '%s'", cmd);
-		if (poll(&p, 1, (int)(end - now)) <= 0)
-			continue;
-		if (len + 1 == cap) {
-			out = realloc(out, cap *= 2);
-			cr_assert_not_null(out);
-		}
-		n = recv(fd, out + len, cap - 1 - len, 0);
-		if (n <= 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	out[len] = 0;
-	if (!len) {
+	if (out && !*out) {
 		free(out);
 		return NULL;
 	}

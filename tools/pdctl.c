@@ -12,21 +12,18 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "admin_client.h"
 
 #define PDCTL_ADMIN_DEFAULT "/tmp/pdrouter.admin.sock" /* pdrouter's --admin-socket default */
 #define PDCTL_TIMEOUT_MS 5000 /* connect, send and the whole answer, together */
 /* Far above any real answer (explain is at most 64 KiB a core): a bound on a broken peer. */
-#define PDCTL_ANSWER_MAX_BYTES (64u << 20)
 #define PDCTL_WORKER_MAX_LEN 20 /* digits of a worker id; UINT32_MAX has 10 */
 #define TBL_COLS_MAX 16
 
@@ -81,94 +78,6 @@ static void *must(void *p)
 		exit(PDCTL_FAILED);
 	}
 	return p;
-}
-
-/* Milliseconds left until @deadline (CLOCK_MONOTONIC), 0 when it has passed. */
-static int ms_left(const struct timespec *deadline)
-{
-	struct timespec now;
-	long long ms;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	ms = (deadline->tv_sec - now.tv_sec) * 1000ll + (deadline->tv_nsec - now.tv_nsec) / 1000000;
-	return ms > 0 ? (int)ms : 0;
-}
-
-/*
- * Connect to the admin socket at @path. The send timeout also bounds connect(): a router whose
- * backlog is full (its control thread stuck) would otherwise hold pdctl forever.
- * Returns the socket, or a negative errno: -ENAMETOOLONG for a path sockaddr_un cannot hold.
- */
-static int admin_connect(const char *path)
-{
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	struct timeval tv = {.tv_sec = PDCTL_TIMEOUT_MS / 1000};
-	int fd, rc;
-
-	if (strlen(path) >= sizeof(addr.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(addr.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
-	    connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
-		rc = -errno;
-		close(fd);
-		return rc;
-	}
-	return fd;
-}
-
-/*
- * Send @line and read the answer until the router closes the connection (how it marks the
- * end), all before @deadline. The answer is NUL-terminated in *@out (the caller frees it).
- * Returns its length, or a negative errno: -ETIMEDOUT past the deadline, -E2BIG for an answer
- * over PDCTL_ANSWER_MAX_BYTES, or what send() or read() failed with.
- */
-static ssize_t admin_exchange(int fd, const char *line, const struct timespec *deadline, char **out)
-{
-	size_t len = 0, cap = 4096;
-	char *buf = must(malloc(cap));
-	ssize_t n;
-
-	if (send(fd, line, strlen(line), MSG_NOSIGNAL) != (ssize_t)strlen(line)) {
-		n = errno == EAGAIN ? -ETIMEDOUT : -errno;
-		goto fail;
-	}
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		int ready = poll(&p, 1, ms_left(deadline));
-
-		if (ready < 0 && errno == EINTR)
-			continue;
-		if (ready <= 0) {
-			n = ready ? -errno : -ETIMEDOUT;
-			goto fail;
-		}
-		if (len + 1 == cap) {
-			n = -E2BIG;
-			if (cap >= PDCTL_ANSWER_MAX_BYTES)
-				goto fail;
-			buf = must(realloc(buf, cap *= 2));
-		}
-		n = read(fd, buf + len, cap - 1 - len);
-		if (n == 0)
-			break;
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			n = -errno;
-			goto fail;
-		}
-		len += (size_t)n;
-	}
-	buf[len] = 0;
-	*out = buf;
-	return (ssize_t)len;
-fail:
-	free(buf);
-	return n;
 }
 
 /* Append one cell, printf-style; rows fill left to right, header row first. */
@@ -509,32 +418,27 @@ static const char *connect_hint(int err)
 /* Ask the router at @path for @c (and @arg) and show the answer. Returns the exit status. */
 static int run(const char *path, const struct pdctl_cmd *c, const char *arg, bool json)
 {
-	struct timespec deadline;
-	char line[64], *ans = NULL;
-	ssize_t n;
-	int fd, rc;
+	char line[64], *ans;
+	int rc;
 
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += PDCTL_TIMEOUT_MS / 1000;
-	snprintf(line, sizeof(line), "%s%s%s\n", c->name, arg ? " " : "", arg ? arg : "");
-	fd = admin_connect(path);
-	if (fd < 0) {
-		fprintf(stderr, "pdctl: cannot connect to %s: %s (%s)\n", path, strerror(-fd),
-			connect_hint(fd));
+	snprintf(line, sizeof(line), "%s%s%s", c->name, arg ? " " : "", arg ? arg : "");
+	ans = pd_admin_ask(path, line, PDCTL_TIMEOUT_MS);
+	if (!ans && (errno == ENOENT || errno == ECONNREFUSED || errno == EACCES ||
+		     errno == EPERM || errno == ENAMETOOLONG || errno == ENOTSOCK)) {
+		fprintf(stderr, "pdctl: cannot connect to %s: %s (%s)\n", path, strerror(errno),
+			connect_hint(-errno));
 		return PDCTL_FAILED;
 	}
-	n = admin_exchange(fd, line, &deadline, &ans);
-	close(fd);
-	if (n < 0) {
-		if (n == -ETIMEDOUT)
+	if (!ans) {
+		if (errno == ETIMEDOUT)
 			fprintf(stderr, "pdctl: %s: no answer from %s within %d s\n", c->name, path,
 				PDCTL_TIMEOUT_MS / 1000);
 		else
 			fprintf(stderr, "pdctl: %s: no answer from %s: %s\n", c->name, path,
-				strerror((int)-n));
+				strerror(errno));
 		return PDCTL_FAILED;
 	}
-	if (n == 0) {
+	if (!*ans) {
 		fprintf(stderr, "pdctl: %s: %s closed the connection without an answer\n", c->name,
 			path);
 		free(ans);

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin_client.h"
 #include "clock.h"
 #include "load.h"
 #include "proc.h"
@@ -75,27 +76,14 @@ static void log_tail(const struct load_run *l, const char *what, char *err, size
 /* The number of aggregated workers of every model, from the admin socket; -1: no answer. */
 static int aggregated_workers(const char *admin)
 {
-	struct sockaddr_un un = {.sun_family = AF_UNIX};
-	struct timeval tv = {.tv_sec = 1};
 	struct json_object *o, *models;
-	char buf[8192];
-	size_t len = 0;
-	ssize_t n;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), count = -1;
+	char *buf = pd_admin_ask(admin, "models", 1000);
+	int count = -1;
 
-	if (fd < 0)
+	if (!buf)
 		return -1;
-	snprintf(un.sun_path, sizeof(un.sun_path), "%s", admin);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&un, sizeof(un)) || write(fd, "models\n", 7) != 7) {
-		close(fd);
-		return -1;
-	}
-	while (len < sizeof(buf) - 1 && (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
-		len += (size_t)n;
-	close(fd);
-	buf[len] = '\0';
 	o = json_tokener_parse(buf);
+	free(buf);
 	if (o && json_object_object_get_ex(o, "models", &models)) {
 		count = 0;
 		for (size_t i = 0; i < json_object_array_length(models); i++) {
