@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "core.h"
+#include "counter.h"
 #include "hist.h"
 #include "lanes.h"
 #include "peer.h"
@@ -156,12 +157,10 @@ struct dp_core {
 
 #define DP_STAT(name) (offsetof(struct dp_core_stats, name) / sizeof(uint64_t))
 
-/* Add to a counter: single writer, so a relaxed load and store, no locked instruction. */
+/* Add to one of the core's counters (counter.h: the core is its one writer). */
 static inline void dp_count(struct dp_core *c, size_t stat, uint64_t v)
 {
-	atomic_store_explicit(&c->stats[stat],
-			      atomic_load_explicit(&c->stats[stat], memory_order_relaxed) + v,
-			      memory_order_relaxed);
+	dp_relaxed_add(&c->stats[stat], v, 0);
 }
 
 /* Lists (core.c). */

@@ -10,6 +10,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "counter.h"
+
 #define DP_HIST_SUB 8u	    /* buckets per power of two */
 #define DP_HIST_BUCKETS 312u /* 16 + (40 - 4 + 1) * 8 */
 
@@ -41,13 +43,10 @@ static inline uint64_t dp_hist_value(uint32_t b)
 	return (1ull << e) + ((uint64_t)sub << (e - 3));
 }
 
-/* Record @v; the one writer's add (a relaxed load and store, no locked instruction). */
+/* Record @v; only the histogram's one writer calls this (counter.h). */
 static inline void dp_hist_add(struct dp_hist *h, uint64_t v)
 {
-	_Atomic uint64_t *n = &h->n[dp_hist_bucket(v)];
-
-	atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
-			      memory_order_relaxed);
+	dp_relaxed_add(&h->n[dp_hist_bucket(v)], 1, 0);
 }
 
 /* The value at quantile @q (0..1) of @n[DP_HIST_BUCKETS] counts: its bucket's middle. */

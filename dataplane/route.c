@@ -88,7 +88,7 @@ uint64_t rt_core_random(struct rt_core *c)
 
 void rt_core_add(struct rt_core *c, size_t stat, uint64_t v)
 {
-	rt_relaxed_add(&c->stat[stat], v, 0); /* this core is the counters' one writer */
+	dp_relaxed_add(&c->stat[stat], v, 0); /* this core is the counters' one writer */
 }
 
 void rt_core_stats(const struct rt_core *c, struct rt_core_stats *out)

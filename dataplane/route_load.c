@@ -415,10 +415,10 @@ int rt_share_add(struct rt_share *s, const struct rt_share_load *a, rt_load_t *o
 	fresh = a->seq ? add_mapped(s, slot, a->seq, a->blocks) : 0;
 	r->nprivate = a->blocks - r->nmapped;
 	*untracked = a->seq ? r->nprivate : 0;
-	rt_relaxed_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
-	rt_relaxed_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
+	dp_relaxed_add(&s->tl[a->target].blocks, fresh + r->nprivate, 0);
+	dp_relaxed_add(&s->tl[a->target].prefill_tokens, r->prefill_tokens, 0);
 	/* Relaxed, one writer: published to the control thread by the decision's end (R6). */
-	rt_relaxed_add(&s->inflight[a->target], 1, 0);
+	dp_relaxed_add(&s->inflight[a->target], 1, 0);
 	fifo_append(s, slot);
 	*out = handle_of(s, slot);
 	return 0;
@@ -433,7 +433,7 @@ int rt_share_first_token(struct rt_share *s, uint32_t max_requests, rt_load_t h)
 		return -ESTALE;
 	r = &s->req[slot];
 	if (r->prefill_pending) {
-		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
+		dp_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
 		r->prefill_pending = false;
 	}
 	return 0;
@@ -456,10 +456,10 @@ static void release_slot(struct rt_share *s, uint32_t slot)
 		s->chunk_free = c;
 		c = next;
 	}
-	rt_relaxed_add(&s->tl[r->target].blocks, 0, gone);
+	dp_relaxed_add(&s->tl[r->target].blocks, 0, gone);
 	if (r->prefill_pending)
-		rt_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
-	rt_relaxed_add(&s->inflight[r->target], 0, 1);
+		dp_relaxed_add(&s->tl[r->target].prefill_tokens, 0, r->prefill_tokens);
+	dp_relaxed_add(&s->inflight[r->target], 0, 1);
 	fifo_unlink(s, slot);
 	r->live = false;
 	r->gen++;

@@ -24,6 +24,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "counter.h"
+
 #define RT_NIL UINT32_MAX
 #define RT_STAGES 4u
 #define RT_CHUNK_SEQS 16u /* prefix keys per chunk of a request's record: two cache lines */
@@ -255,12 +257,6 @@ struct rt_share_load {
 	uint16_t target;
 };
 
-/* Single writer: a relaxed load and store make an exact update; readers take any recent value. */
-static inline void rt_relaxed_add(_Atomic uint64_t *v, uint64_t add, uint64_t sub)
-{
-	atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + add - sub,
-			      memory_order_relaxed);
-}
 
 /* Every core's per-target counters, gathered once for a decision or a scan of the targets. */
 struct rt_shares {
