@@ -80,8 +80,11 @@ int pdx_init(struct pdx *x, const struct pdx_config *cfg)
 void pdx_destroy(struct pdx *x)
 {
 	pdx_retired_free_all(x);
-	for (uint32_t i = 0; x->targets && i < x->max_targets; i++)
-		pdx_idmap_free(x, &x->targets[i].map);
+	for (uint32_t i = 0; x->targets && i < x->max_targets; i++) {
+		pdx_idmap_free(x, &x->targets[i].aliases);
+		pdx_idmap_free(x, &x->targets[i].aliased);
+	}
+	pdx_names_destroy(x);
 	free(x->targets);
 	pdx_sets_destroy(x);
 	pdx_entries_destroy(x);

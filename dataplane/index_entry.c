@@ -36,17 +36,20 @@ static int chunk_add(struct pdx *x)
 		return -ENOMEM;
 
 	uint32_t slab = x->nchunks / PDX_SLAB_CHUNKS;
-	uint32_t *depth = malloc(PDX_CHUNK_SLOTS * sizeof(*depth));
+	struct pdx_chunk_meta *m = &x->meta[x->nchunks];
 
-	if (!depth)
-		return -ENOMEM;
-	if (!x->slabs[slab]) {
+	m->depth = malloc(PDX_CHUNK_SLOTS * sizeof(*m->depth));
+	m->name = malloc(PDX_CHUNK_SLOTS * sizeof(*m->name));
+	if (m->depth && m->name && !x->slabs[slab]) {
 		x->slabs[slab] = dp_huge_zalloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
-		if (!x->slabs[slab]) {
-			free(depth);
-			return -ENOMEM;
-		}
-		pdx_stat_add(x, PDX_STAT(bytes), DP_HUGE_PAGE); /* the whole mapping */
+		if (x->slabs[slab])
+			pdx_stat_add(x, PDX_STAT(bytes), DP_HUGE_PAGE); /* the whole mapping */
+	}
+	if (!m->depth || !m->name || !x->slabs[slab]) {
+		free(m->depth);
+		free(m->name);
+		*m = (struct pdx_chunk_meta){0};
+		return -ENOMEM;
 	}
 
 	struct pdx_chunk *c = &x->slabs[slab][x->nchunks % PDX_SLAB_CHUNKS];
@@ -56,14 +59,13 @@ static int chunk_add(struct pdx *x)
 		atomic_init(&c->acc[i], 0);
 		atomic_init(&c->holders[i], 0);
 	}
-	memset(x->meta[x->nchunks].free_map, 0xff, sizeof(x->meta[x->nchunks].free_map));
-	x->meta[x->nchunks].nfree = PDX_CHUNK_SLOTS;
-	x->meta[x->nchunks].depth = depth;
+	memset(m->free_map, 0xff, sizeof(m->free_map));
+	m->nfree = PDX_CHUNK_SLOTS;
 	/* Relaxed: no reader looks into the chunk before an index into it is published (R1/R2). */
 	atomic_store_explicit(&x->chunk[x->nchunks], c, memory_order_relaxed);
 	x->alloc_chunk = x->nchunks++;
 	x->free_slots += PDX_CHUNK_SLOTS;
-	pdx_stat_add(x, PDX_STAT(bytes), PDX_CHUNK_SLOTS * sizeof(*depth));
+	pdx_stat_add(x, PDX_STAT(bytes), PDX_CHUNK_SLOTS * (sizeof(*m->depth) + sizeof(*m->name)));
 	return 0;
 }
 
@@ -143,6 +145,7 @@ void pdx_entry_release(struct pdx *x, uint32_t idx)
 	uint32_t s = pdx_slot_of(idx);
 	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
+	pdx_name_forget(x, idx);
 	if (!(h & PDX_CONT))
 		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
 	if (s + 1 < PDX_CHUNK_SLOTS) {
@@ -259,8 +262,10 @@ void pdx_spans_update(struct pdx *x)
 
 void pdx_entries_destroy(struct pdx *x)
 {
-	for (uint32_t i = 0; i < x->nchunks; i++)
+	for (uint32_t i = 0; i < x->nchunks; i++) {
 		free(x->meta[i].depth);
+		free(x->meta[i].name);
+	}
 	for (uint32_t i = 0; i < x->nchunks; i += PDX_SLAB_CHUNKS)
 		dp_huge_free(x->slabs[i / PDX_SLAB_CHUNKS],
 			      PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));

@@ -90,16 +90,21 @@ static int check_event_ids(struct pdx *x, const uint64_t *parent_ext,
 	return 0;
 }
 
-/* Block number of entry @idx's block in its prompts (writer-only bookkeeping). */
-static uint32_t *depth_of(struct pdx *x, uint32_t idx)
+/* Block number of entry @idx's block in its prompts, modulo PDX_DEPTH_WRAP. */
+static uint16_t *depth_of(struct pdx *x, uint32_t idx)
 {
 	return &x->meta[idx >> PDX_CHUNK_SHIFT].depth[pdx_slot_of(idx)];
+}
+
+static uint16_t child_depth(struct pdx *x, uint32_t prev)
+{
+	return prev == PDX_NONE ? 0 : (uint16_t)(*depth_of(x, prev) + 1);
 }
 
 /* The run-sum term of the child of @prev (PDX_NONE: a block 0) with this @local hash. */
 static uint64_t child_term(struct pdx *x, uint32_t prev, uint64_t local)
 {
-	return pdx_term(local, prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1);
+	return pdx_term(local, child_depth(x, prev));
 }
 
 /* Would entry @e be a PDX_CONT child of @prev? It must sit right after it with a fitting acc. */
@@ -165,11 +170,11 @@ static int hold_existing(struct pdx *x, uint32_t e, uint32_t target)
 }
 
 /*
- * Create the entry for @key held by @target alone; returns its index or PDX_NONE (ENOMEM,
- * with nothing changed). A run head goes into the table.
+ * Create the entry for @key held by @target alone, named @ext; returns its index or PDX_NONE
+ * (ENOMEM, with nothing changed). A run head goes into the table.
  */
-static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t prev,
-			 uint32_t target)
+static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t ext,
+			 uint32_t prev, uint32_t target)
 {
 	uint32_t e;
 
@@ -189,7 +194,8 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint32_t p
 			pdx_set_drop_unused(x, set);
 		return PDX_NONE;
 	}
-	*depth_of(x, e) = prev == PDX_NONE ? 0 : *depth_of(x, prev) + 1;
+	*depth_of(x, e) = child_depth(x, prev);
+	pdx_name_new(x, e, ext); /* room reserved by pdx_store() */
 	if (cont)
 		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
 	/* Relaxed: published by R2 (table) or R1 (holders) below. */
@@ -234,43 +240,48 @@ static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
 	return 0;
 }
 
-/* Warm what block @j will touch: its bucket and its id-map slot. */
-static void store_warm(const struct pdx *x, const struct pdx_idmap *map,
-		       const struct pdx_block *blocks, size_t j)
+/* Warm what block @j will touch: its table bucket and its id's name bucket. */
+static void store_warm(const struct pdx *x, const struct pdx_block *blocks, size_t j)
 {
 	pdx_table_prefetch(atomic_load_explicit(&x->table, memory_order_relaxed), x->keys[j]);
-	pdx_idmap_prefetch(map, blocks[j].ext_id);
+	pdx_name_prefetch(x, blocks[j].ext_id);
+}
+
+/* Block @j, id @ext and sequence hash @key, is one @target already has under that id. */
+static bool store_known(struct pdx *x, uint32_t known, uint64_t key)
+{
+	if (atomic_load_explicit(&pdx_chunk_of(x, known)->key[pdx_slot_of(known)],
+				 memory_order_relaxed) != key) {
+		pdx_stat_add(x, PDX_STAT(store_id_conflict), 1);
+		return false;
+	}
+	pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
+	return true;
 }
 
 static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 			 const struct pdx_block *blocks, size_t n)
 {
-	struct pdx_idmap *map = &x->targets[target].map;
 	long applied = 0;
 
 	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
-		store_warm(x, map, blocks, j);
+		store_warm(x, blocks, j);
 	for (size_t j = 0; j < n; j++) {
-		uint64_t key = x->keys[j];
-		uint32_t pos;
-		uint32_t known = pdx_idmap_find(map, blocks[j].ext_id, &pos);
+		uint64_t key = x->keys[j], ext = blocks[j].ext_id;
+		uint32_t known = pdx_name_lookup(x, target, ext);
 
 		if (j + WRITE_AHEAD < n)
-			store_warm(x, map, blocks, j + WRITE_AHEAD);
+			store_warm(x, blocks, j + WRITE_AHEAD);
 		if (known != PDX_NONE) {
-			if (atomic_load_explicit(&pdx_chunk_of(x, known)->key[pdx_slot_of(known)],
-						 memory_order_relaxed) != key) {
-				pdx_stat_add(x, PDX_STAT(store_id_conflict), 1);
+			if (!store_known(x, known, key))
 				return -EEXIST;
-			}
-			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
 			prev = known;
 			continue;
 		}
 		uint32_t e = find_child(x, prev, key, blocks[j].local_hash);
 
 		if (e == PDX_NONE) {
-			e = hold_new(x, key, blocks[j].local_hash, prev, target);
+			e = hold_new(x, key, blocks[j].local_hash, ext, prev, target);
 			if (e == PDX_NONE)
 				return -ENOMEM;
 		} else if (pdx_set_has(pdx_set_of(atomic_load_explicit(
@@ -280,10 +291,10 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
 			prev = e;
 			continue;
-		} else if (hold_existing(x, e, target)) {
+		} else if (pdx_name_hold_reserve(x, target, e, ext) || hold_existing(x, e, target)) {
 			return -ENOMEM;
 		}
-		pdx_idmap_put_at(map, pos, blocks[j].ext_id, e);
+		pdx_name_hold(x, target, e, ext);
 		pdx_stat_add(x, PDX_STAT(blocks_stored), 1);
 		applied++;
 		prev = e;
@@ -302,12 +313,11 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 	if (err)
 		return err;
 
-	struct pdx_idmap *map = &x->targets[target].map;
 	uint32_t prev = PDX_NONE;
 	uint64_t key = 0;
 
 	if (parent_ext) {
-		prev = pdx_idmap_get(map, *parent_ext);
+		prev = pdx_name_lookup(x, target, *parent_ext);
 		if (prev == PDX_NONE) {
 			pdx_stat_add(x, PDX_STAT(store_unknown_parent), 1);
 			return -ENOENT;
@@ -315,7 +325,7 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 		key = atomic_load_explicit(&pdx_chunk_of(x, prev)->key[pdx_slot_of(prev)],
 					   memory_order_relaxed);
 	}
-	if (n > UINT32_MAX || pdx_idmap_reserve(x, map, (uint32_t)n) ||
+	if (n > UINT32_MAX || pdx_names_reserve(x, (uint32_t)n) ||
 	    event_keys(x, parent_ext != NULL, key, blocks, n))
 		return -ENOMEM;
 
@@ -349,10 +359,10 @@ long pdx_store_tokens(struct pdx *x, uint32_t target, const uint64_t *parent_ext
 }
 
 /*
- * Take @target off entry @e; frees the entry when no one holds it. Returns 0, or -ENOMEM
- * with nothing changed.
+ * Take @target off entry @e, which it held under @ext; frees the entry when no one holds it.
+ * Returns 0, or -ENOMEM with nothing changed.
  */
-static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
+static int drop_holder(struct pdx *x, uint32_t e, uint32_t target, uint64_t ext)
 {
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
@@ -372,23 +382,10 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target)
 			return -ENOMEM;
 		swap_set(x, e, h, set);
 	}
+	/* After the release, which still reads the entry's name; the slot is retired, not reused. */
+	pdx_name_drop(x, target, e, ext);
 	pdx_stat_add(x, PDX_STAT(blocks_removed), 1);
 	return 0;
-}
-
-/* An id of a REMOVED event looked up ahead of its turn: its id-map slot and entry. */
-struct remove_ahead {
-	uint32_t pos;
-	uint32_t e;
-};
-
-/* Look up id @ext of a REMOVED event and warm its entry for when its turn comes. */
-static void remove_look(struct pdx *x, const struct pdx_idmap *map, uint64_t ext,
-			struct remove_ahead *ra)
-{
-	ra->pos = 0; /* find() leaves it unset for a target with no map yet */
-	ra->e = pdx_idmap_find(map, ext, &ra->pos);
-	pdx_entry_prefetch(x, ra->e);
 }
 
 long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t n)
@@ -396,82 +393,93 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 	if (check_target(x, target))
 		return -EINVAL;
 
-	struct pdx_idmap *map = &x->targets[target].map;
-	struct remove_ahead ahead[WRITE_AHEAD];
 	long removed = 0;
 
 	/*
-	 * Each id is looked up once, WRITE_AHEAD ids early, so its entry is warm when its turn
-	 * comes. The answer stays right meanwhile: removing only turns slots into tombstones and
-	 * moves nothing, so an id found then is in the same slot now unless an earlier repeat of
-	 * it was removed (its slot is a tombstone), and an id absent then is absent now.
+	 * Two stages ahead: the id's table slot, then (once that is near) the entry it names.
+	 * Each id is looked up on its turn; the stages only warm the lines the lookup will read.
 	 */
+	for (size_t j = 0; j < 2 * WRITE_AHEAD && j < n; j++)
+		pdx_name_prefetch(x, ext_ids[j]);
 	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
-		remove_look(x, map, ext_ids[j], &ahead[j]);
+		pdx_name_peek(x, ext_ids[j]);
 	for (size_t j = 0; j < n; j++) {
-		struct remove_ahead ra = ahead[j % WRITE_AHEAD];
-
-		/* Two stages ahead: the id-map slot, then (once that is near) the entry. */
 		if (j + 2 * WRITE_AHEAD < n)
-			pdx_idmap_prefetch(map, ext_ids[j + 2 * WRITE_AHEAD]);
+			pdx_name_prefetch(x, ext_ids[j + 2 * WRITE_AHEAD]);
 		if (j + WRITE_AHEAD < n)
-			remove_look(x, map, ext_ids[j + WRITE_AHEAD], &ahead[j % WRITE_AHEAD]);
-		if (ra.e == PDX_NONE || pdx_idmap_at(map, ra.pos) != ra.e) {
+			pdx_name_peek(x, ext_ids[j + WRITE_AHEAD]);
+
+		uint32_t e = pdx_name_lookup(x, target, ext_ids[j]);
+
+		if (e == PDX_NONE) {
 			pdx_stat_add(x, PDX_STAT(remove_unknown), 1);
 			continue;
 		}
-		if (drop_holder(x, ra.e, target)) {
+		if (drop_holder(x, e, target, ext_ids[j])) {
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
-		pdx_idmap_del_at(map, ra.pos);
 		removed++;
 	}
 	pdx_reclaim(x);
 	return removed;
 }
 
-static int cmp_desc(const void *a, const void *b)
+/* Drop @target's aliased blocks; -ENOMEM leaves the rest held. Returns the number dropped. */
+static long clear_aliases(struct pdx *x, uint32_t target)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	struct pdx_idmap *aliases = &x->targets[target].aliases;
+	long removed = 0;
 
-	return x < y ? 1 : x > y ? -1 : 0;
+	for (uint32_t i = 0; i < aliases->slots; i++) {
+		uint32_t e = pdx_idmap_at(aliases, i);
+
+		if (e == PDX_NONE)
+			continue;
+		if (drop_holder(x, e, target, aliases->ext[i]))
+			return -ENOMEM;
+		removed++;
+	}
+	return removed;
 }
 
 /*
- * Drop every block of @target, children before parents (the higher slot of a run first), so
- * no child is orphaned on the way and the table never grows for run heads that live a moment.
+ * Drop every block of @target: its aliases, then a scan of every slot from the top down, so
+ * in a run the child goes before its parent (no orphan needs a table slot for a moment). The
+ * scan stops once the target holds nothing; entries of one holder set are next to each other,
+ * so the membership answer is kept per set.
  */
 long pdx_clear(struct pdx *x, uint32_t target)
 {
 	if (check_target(x, target))
 		return -EINVAL;
 
-	struct pdx_idmap *map = &x->targets[target].map;
-	size_t n = 0;
-	long removed = 0;
+	struct pdx_target_state *ts = &x->targets[target];
+	long removed = clear_aliases(x, target);
+	const struct pdx_set *last = NULL;
+	bool last_has = false;
 
-	if (keys_reserve(x, map->live))
-		return -ENOMEM;
+	for (uint32_t idx = x->nchunks << PDX_CHUNK_SHIFT; removed >= 0 && ts->blocks && idx--;) {
+		uint64_t h = atomic_load_explicit(&pdx_chunk_of(x, idx)->holders[pdx_slot_of(idx)],
+						  memory_order_relaxed);
 
-	uint64_t *order = x->keys; /* entry index << 32 | id-map position */
-
-	for (uint32_t i = 0; i < map->slots; i++)
-		if (pdx_idmap_at(map, i) != PDX_NONE)
-			order[n++] = (uint64_t)pdx_idmap_at(map, i) << 32 | i;
-	if (n)
-		qsort(order, n, sizeof(*order), cmp_desc);
-	for (size_t k = 0; k < n; k++) {
-		uint32_t pos = (uint32_t)order[k];
-
-		if (drop_holder(x, (uint32_t)(order[k] >> 32), target)) {
-			pdx_reclaim(x);
-			return -ENOMEM;
+		if (!h)
+			continue;
+		if (pdx_set_of(h) != last) {
+			last = pdx_set_of(h);
+			last_has = pdx_set_has(last, target);
 		}
-		pdx_idmap_del_at(map, pos);
-		removed++;
+		if (!last_has)
+			continue;
+		if (drop_holder(x, idx, target, *pdx_name_of(x, idx)))
+			removed = -ENOMEM;
+		else
+			removed++;
 	}
-	pdx_idmap_free(x, map);
+	if (removed >= 0) {
+		pdx_idmap_free(x, &ts->aliases);
+		pdx_idmap_free(x, &ts->aliased);
+	}
 	pdx_reclaim(x);
 	return removed;
 }
@@ -489,5 +497,5 @@ long pdx_drop_target(struct pdx *x, uint32_t target)
 
 size_t pdx_target_blocks(const struct pdx *x, uint32_t target)
 {
-	return target < x->max_targets ? x->targets[target].map.live : 0;
+	return target < x->max_targets ? x->targets[target].blocks : 0;
 }

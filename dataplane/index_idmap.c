@@ -1,8 +1,6 @@
 /*
- * Per-target maps from an engine's external block id to the index entry it names, so REMOVED
- * events (which carry only external ids) can be applied. Linear probing over two parallel
- * arrays; writer only, so no atomics. There is one (ext, entry) pair per block a target holds,
- * more than there are entries, so the maps are kept full: any size, not a power of two, and
+ * Maps from a 64-bit id to an entry index: a target's aliases (index_names.c). Linear probing
+ * over two parallel arrays; writer only, so no atomics. Any size, not a power of two, and
  * between 60% and 90% used.
  */
 #include <errno.h>
@@ -75,16 +73,6 @@ uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos)
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext)
 {
 	return pdx_idmap_find(m, ext, NULL);
-}
-
-void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext)
-{
-	if (m->idx) {
-		uint32_t pos = idmap_home(m, ext);
-
-		__builtin_prefetch(&m->ext[pos]);
-		__builtin_prefetch(&m->idx[pos]);
-	}
 }
 
 void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx)

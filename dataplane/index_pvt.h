@@ -11,7 +11,9 @@
  *   holders   immutable sorted sets of target ids, interned: every entry held by the same targets
  *             points to the same set, so a block held by one target costs one pointer, and a
  *             reader walking a prompt compares pointers until the set changes.
- *   idmaps    writer-only, per target: engine external id -> entry index.
+ *   names     writer-only: each entry's external id (the first it was stored under) in a table
+ *             shared by all targets, and per target the aliases of blocks it holds under
+ *             another id (index_names.c).
  *
  * Runs. A STORED event usually brings blocks that are new to the index; they get consecutive
  * slots, and a slot whose block is the child of the block in the slot just before carries
@@ -103,7 +105,8 @@ struct pdx_chunk {
 struct pdx_chunk_meta {
 	uint64_t free_map[PDX_CHUNK_SLOTS / 64]; /* 1 = slot free for allocation */
 	uint32_t nfree;
-	uint32_t *depth; /* block number of each slot's block in its prompts */
+	uint16_t *depth; /* block number of each slot's block, modulo PDX_DEPTH_WRAP */
+	uint64_t *name;	 /* external id each slot's entry was first stored under */
 };
 
 /*
@@ -121,7 +124,7 @@ struct pdx_table {
 	alignas(64) _Atomic uint64_t slot[];
 };
 
-/* Writer-only map of one target: external id -> entry index (linear probing). */
+/* Writer-only map: external id -> entry index (linear probing). */
 struct pdx_idmap {
 	uint64_t *ext;
 	uint32_t *idx; /* PDX_SLOT_EMPTY / PDX_SLOT_TOMB as in the table */
@@ -130,8 +133,26 @@ struct pdx_idmap {
 	uint32_t used;
 };
 
+/* Writer-only table of entry names, in buckets of one cache line (index_names.c). */
+#define PDX_NAME_SLOTS 12
+
+struct pdx_name_bucket {
+	alignas(64) uint8_t tag[PDX_NAME_SLOTS]; /* 0: free; else 0x80 | 7 bits of the hash */
+	uint8_t overflow; /* names that went on past this bucket, full when they came */
+	uint8_t pad[3];
+	uint32_t idx[PDX_NAME_SLOTS]; /* entry index */
+};
+
+struct pdx_names {
+	struct pdx_name_bucket *bucket;
+	uint32_t nbuckets;
+	uint32_t live;
+};
+
 struct pdx_target_state {
-	struct pdx_idmap map;
+	struct pdx_idmap aliases; /* ids of blocks held under a name not the entry's */
+	struct pdx_idmap aliased; /* the entries of those blocks (key and value the index) */
+	uint32_t blocks;	  /* blocks held */
 	uint64_t last_event;
 	bool seq_started;
 };
@@ -192,6 +213,7 @@ struct pdx {
 	struct pdx_chunk **slabs;  /* one per PDX_SLAB_CHUNKS chunks */
 	uint64_t free_slots;  /* over all chunks */
 	struct pdx_target_state *targets;
+	struct pdx_names names;
 	struct pdx_set **intern; /* buckets by sum */
 	struct pdx_set *unretired_sets; /* dead sets the retire list had no room for */
 	uint64_t intern_mask;
@@ -201,7 +223,7 @@ struct pdx {
 	size_t seen_cap;
 	struct pdx_dirty dirty[PDX_DIRTY_RANGES];
 	uint32_t ndirty;
-	uint64_t *keys; /* scratch: an event's sequence hashes, a clear's order */
+	uint64_t *keys; /* scratch: an event's sequence hashes */
 	size_t keys_cap;
 	struct pdx_block *blocks; /* pdx_store_tokens() */
 	size_t blocks_cap;
@@ -236,9 +258,16 @@ static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
 #define PDX_TERM_DEPTH 0x9E3779B97F4A7C15ull
 #define PDX_TERM_MUL 0xBF58476D1CE4E5B9ull
 
+/*
+ * Depths count modulo 2^16, so the writer keeps two bytes per slot. A sum covers one run, and
+ * a run lies inside one chunk (fewer slots than that), so the depths of one sum never repeat.
+ */
+#define PDX_DEPTH_WRAP (1u << 16)
+_Static_assert(PDX_CHUNK_SLOTS < PDX_DEPTH_WRAP, "no sum sees a depth twice");
+
 static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
 {
-	uint64_t m = local ^ depth * PDX_TERM_DEPTH;
+	uint64_t m = local ^ (depth % PDX_DEPTH_WRAP) * PDX_TERM_DEPTH;
 
 	/* Fold first: a multiply only carries upwards, so a difference in the top bits alone
 	 * would otherwise reach just one lower bit through the final shift. */
@@ -302,7 +331,33 @@ void pdx_entry_touch(struct pdx *x, uint32_t idx);
 void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
 void pdx_spans_update(struct pdx *x);
 
-/* index_idmap.c */
+/* External id entry @idx was first stored under. */
+static inline uint64_t *pdx_name_of(const struct pdx *x, uint32_t idx)
+{
+	return &x->meta[idx >> PDX_CHUNK_SHIFT].name[pdx_slot_of(idx)];
+}
+
+/* index_names.c */
+/* Entry @target holds under id @ext, or PDX_NONE. */
+uint32_t pdx_name_lookup(const struct pdx *x, uint32_t target, uint64_t ext);
+/* Warm what a lookup of @ext reads: first its table slot, later (peek) the entry it names. */
+void pdx_name_prefetch(const struct pdx *x, uint64_t ext);
+void pdx_name_peek(const struct pdx *x, uint64_t ext);
+/* Room for @more new entries' names, so an event cannot fail half way. 0 or -ENOMEM. */
+int pdx_names_reserve(struct pdx *x, uint32_t more);
+/* New entry @e is named @ext; room reserved with pdx_names_reserve(). */
+void pdx_name_new(struct pdx *x, uint32_t e, uint64_t ext);
+/* Entry @e is being freed: its name goes. */
+void pdx_name_forget(struct pdx *x, uint32_t e);
+/* Room to record that @target holds @e under @ext (an alias if not @e's name): 0 or -ENOMEM. */
+int pdx_name_hold_reserve(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
+/* @target now holds @e under @ext; room reserved with pdx_name_hold_reserve(). */
+void pdx_name_hold(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
+/* @target no longer holds @e, which it held under @ext. */
+void pdx_name_drop(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
+void pdx_names_destroy(struct pdx *x);
+
+/* index_idmap.c: the alias maps */
 /* Entry named by @ext and (if @pos) its slot, or PDX_NONE and the slot to put it at. */
 uint32_t pdx_idmap_find(const struct pdx_idmap *m, uint64_t ext, uint32_t *pos);
 /* Entry in slot @pos of @m, or PDX_NONE if the slot holds none (empty or deleted). */
@@ -313,7 +368,6 @@ static inline uint32_t pdx_idmap_at(const struct pdx_idmap *m, uint32_t pos)
 	return idx == PDX_SLOT_EMPTY || idx == PDX_SLOT_TOMB ? PDX_NONE : idx;
 }
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
-void pdx_idmap_prefetch(const struct pdx_idmap *m, uint64_t ext);
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
 /* Insert an absent @ext where pdx_idmap_find() said; room reserved with pdx_idmap_reserve(). */
 void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx);

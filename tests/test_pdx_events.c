@@ -223,6 +223,119 @@ Test(pdx_events, entry_is_freed_when_its_last_holder_removes_it)
 	t_pdx_close(&t);
 }
 
+/* Target 0 stores @a under its own ids; target 1 stores the same blocks as @mine, renamed. */
+static void store_under_two_names(struct t_pdx *t, const struct t_prompt *a,
+				  struct pdx_block *mine)
+{
+	memcpy(mine, a->b, a->n * sizeof(*mine));
+	for (size_t i = 0; i < a->n; i++)
+		mine[i].ext_id = a->b[i].ext_id ^ 0xA11A5ull;
+	cr_assert_eq(t_store(t, 0, a, 0, a->n), (long)a->n);
+	cr_assert_eq(pdx_store(&t->x, 1, NULL, mine, a->n), (long)a->n);
+	cr_assert_eq(t_stats(&t->x).entries, a->n, "one entry per block, whatever its names");
+}
+
+Test(pdx_events, a_block_held_under_two_ids_answers_to_each_targets_own_id)
+{
+	struct t_pdx t;
+	struct t_prompt a;
+	struct pdx_block mine[4];
+
+	t_pdx_open(&t, 8, 0);
+	t_prompt_init(&a, 1, 4);
+	store_under_two_names(&t, &a, mine);
+
+	uint64_t unknown_before = t_stats(&t.x).remove_unknown;
+
+	cr_expect_eq(pdx_remove(&t.x, 1, &a.b[3].ext_id, 1), 0, "target 0's id, not target 1's");
+	cr_expect_eq(pdx_remove(&t.x, 0, &mine[3].ext_id, 1), 0, "and the other way round");
+	cr_expect_eq(t_stats(&t.x).remove_unknown, unknown_before + 2);
+	cr_expect_eq(pdx_store(&t.x, 0, &mine[1].ext_id, a.b + 2, 1), -ENOENT);
+	cr_expect_eq(pdx_store(&t.x, 1, &mine[1].ext_id, mine + 2, 1), 0, "held already");
+
+	cr_expect_eq(pdx_remove(&t.x, 1, &mine[3].ext_id, 1), 1);
+	cr_expect_eq(pdx_remove(&t.x, 0, &a.b[2].ext_id, 1), 1);
+
+	size_t k = t_match(&t, a.local, 4);
+
+	cr_expect(k == 2 && t_depth(&t, k, 0) == 2 && t_depth(&t, k, 1) == 3);
+	cr_expect_eq(pdx_clear(&t.x, 1), 3, "a target holding blocks under other names clears");
+	cr_expect_eq(pdx_target_blocks(&t.x, 1), 0);
+	cr_expect_eq(pdx_store(&t.x, 1, NULL, mine, 1), 1, "and forgets its names");
+	cr_expect_eq(t_stats(&t.x).entries, 3);
+	t_pdx_close(&t);
+}
+
+Test(pdx_events, a_block_keeps_answering_to_other_targets_ids_after_its_first_namer_leaves)
+{
+	struct t_pdx t;
+	struct t_prompt a;
+	struct pdx_block mine[4];
+	uint64_t ids[4];
+
+	t_pdx_open(&t, 8, 0);
+	t_prompt_init(&a, 1, 4);
+	store_under_two_names(&t, &a, mine);
+	cr_assert_eq(pdx_clear(&t.x, 0), 4);
+	for (size_t i = 0; i < 4; i++)
+		ids[i] = a.b[i].ext_id;
+	cr_expect_eq(pdx_remove(&t.x, 1, ids, 4), 0, "target 0's ids never were target 1's");
+	cr_expect_eq(t_store(&t, 0, &a, 0, 2), 2, "target 0 stores again under its own ids");
+	for (size_t i = 0; i < 4; i++)
+		ids[i] = mine[i].ext_id;
+	cr_expect_eq(pdx_remove(&t.x, 1, ids, 4), 4);
+	cr_expect_eq(t_stats(&t.x).entries, 2);
+	cr_expect_eq(t_depth(&t, t_match(&t, a.local, 4), 0), 2);
+	t_pdx_close(&t);
+}
+
+Test(pdx_events, targets_may_give_one_id_to_different_blocks)
+{
+	struct t_pdx t;
+	struct t_prompt a, b;
+
+	t_pdx_open(&t, 8, 0);
+	t_prompt_init(&a, 1, 2);
+	t_prompt_init(&b, 2, 2);
+	for (size_t i = 0; i < 2; i++)
+		b.b[i].ext_id = a.b[i].ext_id; /* target 1's engine numbers its blocks the same way */
+	cr_assert_eq(t_store(&t, 0, &a, 0, 2), 2);
+	cr_assert_eq(t_store(&t, 1, &b, 0, 2), 2);
+	cr_expect_eq(t_stats(&t.x).entries, 4);
+	cr_expect_eq(t_remove1(&t, 1, a.b[1].ext_id), 1, "removes target 1's block, not target 0's");
+
+	size_t k = t_match(&t, a.local, 2);
+
+	cr_expect(k == 1 && t_depth(&t, k, 0) == 2);
+	k = t_match(&t, b.local, 2);
+	cr_expect(k == 1 && t_depth(&t, k, 1) == 1);
+	t_pdx_close(&t);
+}
+
+Test(pdx_events, an_id_a_target_gave_no_block_of_its_own_is_free_for_it_to_use)
+{
+	struct t_pdx t;
+	struct t_prompt a, c;
+	struct pdx_block mine[1], other[1];
+
+	t_pdx_open(&t, 8, 0);
+	t_prompt_init(&a, 1, 1);
+	t_prompt_init(&c, 3, 1);
+	store_under_two_names(&t, &a, mine);
+	/* The block target 1 holds is named a.b[0].ext_id by target 0; to target 1 that id is free. */
+	other[0] = (struct pdx_block){.ext_id = a.b[0].ext_id, .local_hash = c.local[0]};
+	cr_assert_eq(pdx_store(&t.x, 1, NULL, other, 1), 1);
+	cr_expect_eq(t_remove1(&t, 1, a.b[0].ext_id), 1);
+
+	size_t k = t_match(&t, a.local, 1);
+
+	cr_expect(k == 2, "both still hold block a");
+	cr_expect_eq(t_match(&t, c.local, 1), 0, "block c is gone");
+	cr_expect_eq(t_remove1(&t, 1, mine[0].ext_id), 1);
+	cr_expect_eq(t_match(&t, a.local, 1), 1);
+	t_pdx_close(&t);
+}
+
 Test(pdx_events, cleared_target_holds_nothing_and_keeps_its_event_sequence)
 {
 	struct t_pdx t;

@@ -79,9 +79,32 @@ static uint32_t node_of_seq(const struct universe *u, uint64_t seq)
 	return lookup(u->by_seq, u->nnodes, seq);
 }
 
-static uint32_t node_of_ext(const struct universe *u, uint64_t ext)
+/*
+ * Engines name blocks in three dialects, by target: dialect 0 gives a node its id in the
+ * universe, dialect 1 another id for every node, dialect 2 the first for even nodes and the
+ * second for odd ones. A block then often has several names across targets, and the index
+ * keeps all but the first as aliases.
+ */
+#define DIALECT_SALT 0xD1A1EC70ull /* even: ids stay odd, so never 0 */
+
+static uint64_t ext_of(const struct universe *u, uint32_t target, uint32_t node)
 {
-	return lookup(u->by_ext, u->nnodes, ext);
+	bool salted = target % 3 == 1 || (target % 3 == 2 && node % 2);
+
+	return salted ? u->ext[node] ^ DIALECT_SALT : u->ext[node];
+}
+
+/* The node @target names @ext, or UINT32_MAX. */
+static uint32_t node_of_ext(const struct universe *u, uint32_t target, uint64_t ext)
+{
+	uint32_t plain = lookup(u->by_ext, u->nnodes, ext);
+	uint32_t salted = lookup(u->by_ext, u->nnodes, ext ^ DIALECT_SALT);
+
+	if (plain != UINT32_MAX && ext_of(u, target, plain) == ext)
+		return plain;
+	if (salted != UINT32_MAX && ext_of(u, target, salted) == ext)
+		return salted;
+	return UINT32_MAX;
 }
 
 /* Node of @seq while the universe is built (the sorted copy does not exist yet). */
@@ -140,6 +163,9 @@ static void universe_build(struct run *r, size_t nprompts)
 	qsort(u->by_ext, u->nnodes, sizeof(u->by_ext[0]), cmp_key);
 	for (uint32_t n = 1; n < u->nnodes; n++)
 		cr_assert(u->by_ext[n - 1].key != u->by_ext[n].key, "external id collision");
+	for (uint32_t n = 0; n < u->nnodes; n++)
+		cr_assert(lookup(u->by_ext, u->nnodes, u->ext[n] ^ DIALECT_SALT) == UINT32_MAX,
+			  "dialect id collision");
 }
 
 /* ---- The model's rules (index.h, pdx_store() and friends). ---- */
@@ -163,7 +189,7 @@ static long model_store(struct model *m, const struct universe *u, uint32_t targ
 				return -EINVAL;
 			}
 	if (parent) {
-		uint32_t pn = node_of_ext(u, *parent);
+		uint32_t pn = node_of_ext(u, target, *parent);
 
 		if (pn == UINT32_MAX || !m->held[target][pn]) {
 			m->st.store_unknown_parent++;
@@ -174,7 +200,7 @@ static long model_store(struct model *m, const struct universe *u, uint32_t targ
 	long added = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		uint32_t named = node_of_ext(u, b[i].ext_id);
+		uint32_t named = node_of_ext(u, target, b[i].ext_id);
 
 		if (named != UINT32_MAX && m->held[target][named] && named != node[i]) {
 			m->st.store_id_conflict++;
@@ -202,7 +228,7 @@ static long model_remove(struct model *m, const struct universe *u, uint32_t tar
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
-		uint32_t nd = node_of_ext(u, ids[i]);
+		uint32_t nd = node_of_ext(u, target, ids[i]);
 
 		if (nd == UINT32_MAX || !m->held[target][nd]) {
 			m->st.remove_unknown++;
@@ -339,12 +365,12 @@ static void op_store(struct run *r)
 	size_t n = 1 + t_rng_below(&r->rng, (uint32_t)(u->len[p] - from));
 	struct pdx_block b[MAX_LEN];
 	uint32_t node[MAX_LEN];
-	uint64_t parent = from ? u->ext[u->node[p][from - 1]] : 0;
+	uint64_t parent = from ? ext_of(u, target, u->node[p][from - 1]) : 0;
 	bool has_parent = from > 0;
 
 	for (size_t i = 0; i < n; i++) {
 		node[i] = u->node[p][from + i];
-		b[i] = (struct pdx_block){.ext_id = u->ext[node[i]],
+		b[i] = (struct pdx_block){.ext_id = ext_of(u, target, node[i]),
 					  .local_hash = u->local[p][from + i]};
 	}
 
@@ -369,11 +395,12 @@ static void op_store(struct run *r)
 		size_t j = t_rng_below(&r->rng, (uint32_t)n);
 		bool clash = other == UINT32_MAX;
 
+		uint64_t id = clash ? 0 : ext_of(u, target, other);
+
 		for (size_t i = 0; i < n && !clash; i++)
-			clash =
-			    b[i].ext_id == u->ext[other] || (has_parent && parent == u->ext[other]);
+			clash = b[i].ext_id == id || (has_parent && parent == id);
 		if (!clash)
-			b[j].ext_id = u->ext[other]; /* an id naming another block */
+			b[j].ext_id = id; /* an id naming another block */
 	}
 	if (!next_event(r, target))
 		return;
@@ -396,9 +423,9 @@ static void op_remove(struct run *r)
 		uint32_t k = t_rng_below(&r->rng, 10), held = pick_held(r, target);
 
 		if (k < 6 && held != UINT32_MAX)
-			ids[i] = r->u->ext[held];
-		else if (k < 8)
-			ids[i] = r->u->ext[t_rng_below(&r->rng, (uint32_t)r->u->nnodes)];
+			ids[i] = ext_of(r->u, target, held);
+		else if (k < 8) /* any node, in any dialect: often another target's name */
+			ids[i] = ext_of(r->u, target + k, t_rng_below(&r->rng, (uint32_t)r->u->nnodes));
 		else if (k < 9 && i > 0)
 			ids[i] = ids[t_rng_below(&r->rng, (uint32_t)i)];
 		else
