@@ -6,6 +6,10 @@
 
 #include "huge.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 void *dp_huge_zalloc(size_t bytes)
 {
 	if (bytes < DP_HUGE_PAGE / 2) {
@@ -45,4 +49,28 @@ void dp_huge_free(void *p, size_t bytes)
 		free(p);
 	else
 		munmap(p, (bytes + DP_HUGE_PAGE - 1) & ~(size_t)(DP_HUGE_PAGE - 1));
+}
+
+void *dp_sparse_zalloc(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
+		       MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+#if defined(__SANITIZE_ADDRESS__)
+	/* It may hold the only pointers to heap blocks: LeakSanitizer must look inside. */
+	__lsan_register_root_region(p, bytes);
+#endif
+	return p; /* anonymous mappings start zeroed */
+}
+
+void dp_sparse_free(void *p, size_t bytes)
+{
+	if (!p)
+		return;
+#if defined(__SANITIZE_ADDRESS__)
+	__lsan_unregister_root_region(p, bytes);
+#endif
+	munmap(p, bytes);
 }

@@ -24,4 +24,17 @@ void *dp_huge_zalloc(size_t bytes);
 /* Free what dp_huge_zalloc(@bytes) returned; NULL is ignored. */
 void dp_huge_free(void *p, size_t bytes);
 
+/**
+ * dp_sparse_zalloc - @bytes of zeroed address space, backed page by page on first touch.
+ *
+ * For arrays sized for the most they may ever hold but used from the front (the prefix
+ * index's per-chunk arrays): only the pages written cost memory. A plain anonymous mapping,
+ * so unlike calloc() it never comes back from the heap already touched. NULL when out of
+ * address space.
+ */
+void *dp_sparse_zalloc(size_t bytes);
+
+/* Free what dp_sparse_zalloc(@bytes) returned; NULL is ignored. */
+void dp_sparse_free(void *p, size_t bytes);
+
 #endif

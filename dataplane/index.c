@@ -32,14 +32,15 @@ static int readers_init(struct pdx *x)
 
 static int pdx_init_parts(struct pdx *x)
 {
-	x->chunk = calloc(PDX_MAX_CHUNKS, sizeof(*x->chunk));
-	x->meta = calloc(PDX_MAX_CHUNKS, sizeof(*x->meta));
+	x->chunk = dp_sparse_zalloc(PDX_MAX_CHUNKS * sizeof(*x->chunk));
+	x->meta = dp_sparse_zalloc(PDX_MAX_CHUNKS * sizeof(*x->meta));
 	x->slabs = calloc(PDX_MAX_CHUNKS / PDX_SLAB_CHUNKS + 1, sizeof(*x->slabs));
 	x->targets = calloc(x->max_targets, sizeof(*x->targets));
 	if (!x->chunk || !x->meta || !x->slabs || !x->targets)
 		return -ENOMEM;
-	pdx_stat_add(x, PDX_STAT(bytes), PDX_MAX_CHUNKS * sizeof(*x->chunk) +
-					 x->max_targets * sizeof(*x->targets));
+	/* The chunk and meta arrays are reserved whole but backed a page at a time: they count
+	 * as chunks are added (chunk_add()). */
+	pdx_stat_add(x, PDX_STAT(bytes), x->max_targets * sizeof(*x->targets));
 
 	int err = readers_init(x);
 
@@ -80,11 +81,8 @@ int pdx_init(struct pdx *x, const struct pdx_config *cfg)
 void pdx_destroy(struct pdx *x)
 {
 	pdx_retired_free_all(x);
-	for (uint32_t i = 0; x->targets && i < x->max_targets; i++) {
-		pdx_idmap_free(x, &x->targets[i].aliases);
-		pdx_idmap_free(x, &x->targets[i].aliased);
-	}
-	pdx_names_destroy(x);
+	for (uint32_t i = 0; x->targets && i < x->max_targets; i++)
+		pdx_names_free(x, i);
 	free(x->targets);
 	pdx_sets_destroy(x);
 	pdx_entries_destroy(x);

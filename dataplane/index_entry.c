@@ -38,17 +38,15 @@ static int chunk_add(struct pdx *x)
 	uint32_t slab = x->nchunks / PDX_SLAB_CHUNKS;
 	struct pdx_chunk_meta *m = &x->meta[x->nchunks];
 
-	m->depth = malloc(PDX_CHUNK_SLOTS * sizeof(*m->depth));
-	m->name = malloc(PDX_CHUNK_SLOTS * sizeof(*m->name));
-	if (m->depth && m->name && !x->slabs[slab]) {
+	m->notes = malloc(sizeof(*m->notes));
+	if (m->notes && !x->slabs[slab]) {
 		x->slabs[slab] = dp_huge_zalloc(PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
 		if (x->slabs[slab])
 			pdx_stat_add(x, PDX_STAT(bytes), DP_HUGE_PAGE); /* the whole mapping */
 	}
-	if (!m->depth || !m->name || !x->slabs[slab]) {
-		free(m->depth);
-		free(m->name);
-		*m = (struct pdx_chunk_meta){0};
+	if (!m->notes || !x->slabs[slab]) {
+		free(m->notes);
+		m->notes = NULL;
 		return -ENOMEM;
 	}
 
@@ -65,7 +63,7 @@ static int chunk_add(struct pdx *x)
 	atomic_store_explicit(&x->chunk[x->nchunks], c, memory_order_relaxed);
 	x->alloc_chunk = x->nchunks++;
 	x->free_slots += PDX_CHUNK_SLOTS;
-	pdx_stat_add(x, PDX_STAT(bytes), PDX_CHUNK_SLOTS * (sizeof(*m->depth) + sizeof(*m->name)));
+	pdx_stat_add(x, PDX_STAT(bytes), sizeof(*m->notes) + sizeof(x->chunk[0]) + sizeof(*m));
 	return 0;
 }
 
@@ -145,7 +143,6 @@ void pdx_entry_release(struct pdx *x, uint32_t idx)
 	uint32_t s = pdx_slot_of(idx);
 	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
-	pdx_name_forget(x, idx);
 	if (!(h & PDX_CONT))
 		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
 	if (s + 1 < PDX_CHUNK_SLOTS) {
@@ -262,14 +259,12 @@ void pdx_spans_update(struct pdx *x)
 
 void pdx_entries_destroy(struct pdx *x)
 {
-	for (uint32_t i = 0; i < x->nchunks; i++) {
-		free(x->meta[i].depth);
-		free(x->meta[i].name);
-	}
+	for (uint32_t i = 0; i < x->nchunks; i++)
+		free(x->meta[i].notes);
 	for (uint32_t i = 0; i < x->nchunks; i += PDX_SLAB_CHUNKS)
 		dp_huge_free(x->slabs[i / PDX_SLAB_CHUNKS],
 			      PDX_SLAB_CHUNKS * sizeof(struct pdx_chunk));
 	free(x->slabs);
-	free(x->chunk);
-	free(x->meta);
+	dp_sparse_free(x->chunk, PDX_MAX_CHUNKS * sizeof(*x->chunk));
+	dp_sparse_free(x->meta, PDX_MAX_CHUNKS * sizeof(*x->meta));
 }

@@ -93,7 +93,7 @@ static int check_event_ids(struct pdx *x, const uint64_t *parent_ext,
 /* Block number of entry @idx's block in its prompts, modulo PDX_DEPTH_WRAP. */
 static uint16_t *depth_of(struct pdx *x, uint32_t idx)
 {
-	return &x->meta[idx >> PDX_CHUNK_SHIFT].depth[pdx_slot_of(idx)];
+	return &x->meta[idx >> PDX_CHUNK_SHIFT].notes->depth[pdx_slot_of(idx)];
 }
 
 static uint16_t child_depth(struct pdx *x, uint32_t prev)
@@ -195,7 +195,7 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t e
 		return PDX_NONE;
 	}
 	*depth_of(x, e) = child_depth(x, prev);
-	pdx_name_new(x, e, ext); /* room reserved by pdx_store() */
+	*pdx_name_of(x, e) = ext;
 	if (cont)
 		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
 	/* Relaxed: published by R2 (table) or R1 (holders) below. */
@@ -240,11 +240,12 @@ static int event_keys(struct pdx *x, bool has_parent, uint64_t key,
 	return 0;
 }
 
-/* Warm what block @j will touch: its table bucket and its id's name bucket. */
-static void store_warm(const struct pdx *x, const struct pdx_block *blocks, size_t j)
+/* Warm what block @j will touch: its table bucket and its id's bucket in the target's map. */
+static void store_warm(const struct pdx *x, uint32_t target, const struct pdx_block *blocks,
+		       size_t j)
 {
 	pdx_table_prefetch(atomic_load_explicit(&x->table, memory_order_relaxed), x->keys[j]);
-	pdx_name_prefetch(x, blocks[j].ext_id);
+	pdx_name_prefetch(x, target, blocks[j].ext_id);
 }
 
 /* Block @j, id @ext and sequence hash @key, is one @target already has under that id. */
@@ -265,13 +266,13 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 	long applied = 0;
 
 	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
-		store_warm(x, blocks, j);
+		store_warm(x, target, blocks, j);
 	for (size_t j = 0; j < n; j++) {
 		uint64_t key = x->keys[j], ext = blocks[j].ext_id;
 		uint32_t known = pdx_name_lookup(x, target, ext);
 
 		if (j + WRITE_AHEAD < n)
-			store_warm(x, blocks, j + WRITE_AHEAD);
+			store_warm(x, target, blocks, j + WRITE_AHEAD);
 		if (known != PDX_NONE) {
 			if (!store_known(x, known, key))
 				return -EEXIST;
@@ -325,7 +326,7 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 		key = atomic_load_explicit(&pdx_chunk_of(x, prev)->key[pdx_slot_of(prev)],
 					   memory_order_relaxed);
 	}
-	if (n > UINT32_MAX || pdx_names_reserve(x, (uint32_t)n) ||
+	if (n > UINT32_MAX || pdx_names_reserve(x, target, (uint32_t)n) ||
 	    event_keys(x, parent_ext != NULL, key, blocks, n))
 		return -ENOMEM;
 
@@ -388,28 +389,29 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target, uint64_t ext)
 	return 0;
 }
 
+/*
+ * The entry @target holds under id @ext, or PDX_NONE. Engines evict a prompt's blocks leaf
+ * first, so a REMOVED event tends to list a run from its end: the entry of an id is checked
+ * first in the slot before the previous id's entry (@prev), which is nearly always right and
+ * costs two lines already in cache, instead of a search of the target's map.
+ */
+static uint32_t remove_find(const struct pdx *x, uint32_t target, uint32_t prev, uint64_t ext)
+{
+	if (prev != PDX_NONE && prev > 0 && pdx_name_is(x, target, prev - 1, ext))
+		return prev - 1;
+	return pdx_name_lookup(x, target, ext);
+}
+
 long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t n)
 {
 	if (check_target(x, target))
 		return -EINVAL;
 
+	uint32_t prev = PDX_NONE;
 	long removed = 0;
 
-	/*
-	 * Two stages ahead: the id's table slot, then (once that is near) the entry it names.
-	 * Each id is looked up on its turn; the stages only warm the lines the lookup will read.
-	 */
-	for (size_t j = 0; j < 2 * WRITE_AHEAD && j < n; j++)
-		pdx_name_prefetch(x, ext_ids[j]);
-	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
-		pdx_name_peek(x, ext_ids[j]);
 	for (size_t j = 0; j < n; j++) {
-		if (j + 2 * WRITE_AHEAD < n)
-			pdx_name_prefetch(x, ext_ids[j + 2 * WRITE_AHEAD]);
-		if (j + WRITE_AHEAD < n)
-			pdx_name_peek(x, ext_ids[j + WRITE_AHEAD]);
-
-		uint32_t e = pdx_name_lookup(x, target, ext_ids[j]);
+		uint32_t e = remove_find(x, target, prev, ext_ids[j]);
 
 		if (e == PDX_NONE) {
 			pdx_stat_add(x, PDX_STAT(remove_unknown), 1);
@@ -419,6 +421,7 @@ long pdx_remove(struct pdx *x, uint32_t target, const uint64_t *ext_ids, size_t 
 			pdx_reclaim(x);
 			return -ENOMEM;
 		}
+		prev = e;
 		removed++;
 	}
 	pdx_reclaim(x);
@@ -443,43 +446,43 @@ static long clear_aliases(struct pdx *x, uint32_t target)
 	return removed;
 }
 
+static int cmp_desc(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
 /*
- * Drop every block of @target: its aliases, then a scan of every slot from the top down, so
- * in a run the child goes before its parent (no orphan needs a table slot for a moment). The
- * scan stops once the target holds nothing; entries of one holder set are next to each other,
- * so the membership answer is kept per set.
+ * Drop every block of @target: its aliases, then the rest children before parents (the higher
+ * slot of a run first), so no child is orphaned on the way and the table never grows for run
+ * heads that live a moment.
  */
 long pdx_clear(struct pdx *x, uint32_t target)
 {
 	if (check_target(x, target))
 		return -EINVAL;
 
-	struct pdx_target_state *ts = &x->targets[target];
 	long removed = clear_aliases(x, target);
-	const struct pdx_set *last = NULL;
-	bool last_has = false;
 
-	for (uint32_t idx = x->nchunks << PDX_CHUNK_SHIFT; removed >= 0 && ts->blocks && idx--;) {
-		uint64_t h = atomic_load_explicit(&pdx_chunk_of(x, idx)->holders[pdx_slot_of(idx)],
-						  memory_order_relaxed);
+	if (removed < 0 || keys_reserve(x, pdx_names_count(x, target))) {
+		pdx_reclaim(x);
+		return -ENOMEM;
+	}
 
-		if (!h)
-			continue;
-		if (pdx_set_of(h) != last) {
-			last = pdx_set_of(h);
-			last_has = pdx_set_has(last, target);
+	uint32_t *order = (uint32_t *)x->keys; /* room for as many u64 */
+	size_t n = pdx_names_list(x, target, order);
+
+	if (n)
+		qsort(order, n, sizeof(*order), cmp_desc);
+	for (size_t k = 0; k < n; k++) {
+		if (drop_holder(x, order[k], target, *pdx_name_of(x, order[k]))) {
+			pdx_reclaim(x);
+			return -ENOMEM;
 		}
-		if (!last_has)
-			continue;
-		if (drop_holder(x, idx, target, *pdx_name_of(x, idx)))
-			removed = -ENOMEM;
-		else
-			removed++;
+		removed++;
 	}
-	if (removed >= 0) {
-		pdx_idmap_free(x, &ts->aliases);
-		pdx_idmap_free(x, &ts->aliased);
-	}
+	pdx_names_free(x, target);
 	pdx_reclaim(x);
 	return removed;
 }
@@ -497,5 +500,5 @@ long pdx_drop_target(struct pdx *x, uint32_t target)
 
 size_t pdx_target_blocks(const struct pdx *x, uint32_t target)
 {
-	return target < x->max_targets ? x->targets[target].blocks : 0;
+	return target < x->max_targets ? pdx_names_count(x, target) : 0;
 }

@@ -11,9 +11,9 @@
  *   holders   immutable sorted sets of target ids, interned: every entry held by the same targets
  *             points to the same set, so a block held by one target costs one pointer, and a
  *             reader walking a prompt compares pointers until the set changes.
- *   names     writer-only: each entry's external id (the first it was stored under) in a table
- *             shared by all targets, and per target the aliases of blocks it holds under
- *             another id (index_names.c).
+ *   names     writer-only: each entry's external id (the first it was stored under), and per
+ *             target a map of the blocks it holds under those names plus the aliases of those
+ *             it holds under another id (index_names.c).
  *
  * Runs. A STORED event usually brings blocks that are new to the index; they get consecutive
  * slots, and a slot whose block is the child of the block in the slot just before carries
@@ -101,12 +101,17 @@ struct pdx_chunk {
 	_Atomic uint64_t holders[PDX_CHUNK_SLOTS];  /* set | flags | span, see PDX_CONT */
 };
 
+/* Writer-only notes on each slot of a chunk, one allocation per chunk. */
+struct pdx_chunk_notes {
+	uint64_t name[PDX_CHUNK_SLOTS];	 /* external id the entry was first stored under */
+	uint16_t depth[PDX_CHUNK_SLOTS]; /* block number of its block, modulo PDX_DEPTH_WRAP */
+};
+
 /* Writer-only bookkeeping of a chunk's slots. */
 struct pdx_chunk_meta {
 	uint64_t free_map[PDX_CHUNK_SLOTS / 64]; /* 1 = slot free for allocation */
 	uint32_t nfree;
-	uint16_t *depth; /* block number of each slot's block, modulo PDX_DEPTH_WRAP */
-	uint64_t *name;	 /* external id each slot's entry was first stored under */
+	struct pdx_chunk_notes *notes;
 };
 
 /*
@@ -133,12 +138,12 @@ struct pdx_idmap {
 	uint32_t used;
 };
 
-/* Writer-only table of entry names, in buckets of one cache line (index_names.c). */
+/* Writer-only map of a target's blocks by name, in buckets of one cache line (index_names.c). */
 #define PDX_NAME_SLOTS 12
 
 struct pdx_name_bucket {
 	alignas(64) uint8_t tag[PDX_NAME_SLOTS]; /* 0: free; else 0x80 | 7 bits of the hash */
-	uint8_t overflow; /* names that went on past this bucket, full when they came */
+	uint8_t overflow; /* pairs that went on past this bucket, full when they came */
 	uint8_t pad[3];
 	uint32_t idx[PDX_NAME_SLOTS]; /* entry index */
 };
@@ -150,9 +155,8 @@ struct pdx_names {
 };
 
 struct pdx_target_state {
-	struct pdx_idmap aliases; /* ids of blocks held under a name not the entry's */
-	struct pdx_idmap aliased; /* the entries of those blocks (key and value the index) */
-	uint32_t blocks;	  /* blocks held */
+	struct pdx_names names;	  /* blocks held under their entry's name */
+	struct pdx_idmap aliases; /* blocks held under another id: id -> entry */
 	uint64_t last_event;
 	bool seq_started;
 };
@@ -213,7 +217,6 @@ struct pdx {
 	struct pdx_chunk **slabs;  /* one per PDX_SLAB_CHUNKS chunks */
 	uint64_t free_slots;  /* over all chunks */
 	struct pdx_target_state *targets;
-	struct pdx_names names;
 	struct pdx_set **intern; /* buckets by sum */
 	struct pdx_set *unretired_sets; /* dead sets the retire list had no room for */
 	uint64_t intern_mask;
@@ -223,7 +226,7 @@ struct pdx {
 	size_t seen_cap;
 	struct pdx_dirty dirty[PDX_DIRTY_RANGES];
 	uint32_t ndirty;
-	uint64_t *keys; /* scratch: an event's sequence hashes */
+	uint64_t *keys; /* scratch: an event's sequence hashes, a clear's order */
 	size_t keys_cap;
 	struct pdx_block *blocks; /* pdx_store_tokens() */
 	size_t blocks_cap;
@@ -334,28 +337,28 @@ void pdx_spans_update(struct pdx *x);
 /* External id entry @idx was first stored under. */
 static inline uint64_t *pdx_name_of(const struct pdx *x, uint32_t idx)
 {
-	return &x->meta[idx >> PDX_CHUNK_SHIFT].name[pdx_slot_of(idx)];
+	return &x->meta[idx >> PDX_CHUNK_SHIFT].notes->name[pdx_slot_of(idx)];
 }
 
 /* index_names.c */
 /* Entry @target holds under id @ext, or PDX_NONE. */
 uint32_t pdx_name_lookup(const struct pdx *x, uint32_t target, uint64_t ext);
-/* Warm what a lookup of @ext reads: first its table slot, later (peek) the entry it names. */
-void pdx_name_prefetch(const struct pdx *x, uint64_t ext);
-void pdx_name_peek(const struct pdx *x, uint64_t ext);
-/* Room for @more new entries' names, so an event cannot fail half way. 0 or -ENOMEM. */
-int pdx_names_reserve(struct pdx *x, uint32_t more);
-/* New entry @e is named @ext; room reserved with pdx_names_reserve(). */
-void pdx_name_new(struct pdx *x, uint32_t e, uint64_t ext);
-/* Entry @e is being freed: its name goes. */
-void pdx_name_forget(struct pdx *x, uint32_t e);
+/* Does @target hold entry @e under id @ext? (Then pdx_name_lookup() would answer @e.) */
+bool pdx_name_is(const struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
+/* Warm the line a lookup of @ext in @target's map starts with. */
+void pdx_name_prefetch(const struct pdx *x, uint32_t target, uint64_t ext);
+/* Room for @more blocks in @target's map, so an event cannot fail half way. 0 or -ENOMEM. */
+int pdx_names_reserve(struct pdx *x, uint32_t target, uint32_t more);
 /* Room to record that @target holds @e under @ext (an alias if not @e's name): 0 or -ENOMEM. */
 int pdx_name_hold_reserve(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
-/* @target now holds @e under @ext; room reserved with pdx_name_hold_reserve(). */
+/* @target now holds @e under @ext; room reserved with one of the two above. */
 void pdx_name_hold(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
 /* @target no longer holds @e, which it held under @ext. */
 void pdx_name_drop(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext);
-void pdx_names_destroy(struct pdx *x);
+/* Entries @target holds under their own names, into @out (room for pdx_names_count()). */
+size_t pdx_names_list(const struct pdx *x, uint32_t target, uint32_t *out);
+size_t pdx_names_count(const struct pdx *x, uint32_t target);
+void pdx_names_free(struct pdx *x, uint32_t target);
 
 /* index_idmap.c: the alias maps */
 /* Entry named by @ext and (if @pos) its slot, or PDX_NONE and the slot to put it at. */
