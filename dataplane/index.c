@@ -83,6 +83,7 @@ void pdx_destroy(struct pdx *x)
 	pdx_retired_free_all(x);
 	for (uint32_t i = 0; x->targets && i < x->max_targets; i++)
 		pdx_names_free(x, i);
+	pdx_idmap_free(x, &x->head_depth);
 	free(x->targets);
 	pdx_sets_destroy(x);
 	pdx_entries_destroy(x);

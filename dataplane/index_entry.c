@@ -132,50 +132,88 @@ void pdx_entry_free_slot(struct pdx *x, uint32_t idx)
 	x->free_slots++;
 }
 
-/*
- * Free entry @idx, which no target holds any more. If the next slot holds its child, that
- * child becomes the head of its run and goes into the table: the caller has made room with
- * pdx_table_reserve(x, 1), so this cannot fail.
- */
-void pdx_entry_release(struct pdx *x, uint32_t idx)
+uint64_t pdx_entry_depth(const struct pdx *x, uint32_t idx)
 {
-	struct pdx_chunk *c = pdx_chunk_of(x, idx);
+	const struct pdx_chunk *c = pdx_chunk_of(x, idx);
 	uint32_t s = pdx_slot_of(idx);
-	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
 
-	if (!(h & PDX_CONT))
-		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
-	if (s + 1 < PDX_CHUNK_SLOTS) {
-		uint64_t child = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+	/* PDX_CONT never marks a chunk's first slot, so the walk stays in the chunk. */
+	while (atomic_load_explicit(&c->holders[s], memory_order_relaxed) & PDX_CONT)
+		s--;
 
-		if (child & PDX_CONT) {
-			pdx_table_insert(x, atomic_load_explicit(&c->key[s + 1],
-								 memory_order_relaxed), idx + 1);
-			/*
-			 * R5: the orphan is in the table before it loses PDX_CONT, so a reader
-			 * that sees the bit gone finds it by probing. A reader that still sees the
-			 * bit reads the old parent, retired and readable until it leaves.
-			 */
-			atomic_store_explicit(&c->holders[s + 1], child & ~PDX_CONT,
-					      memory_order_release);
-		}
-	}
-	/* Relaxed: an empty holders word publishes nothing; readers treat it as absent. */
-	atomic_store_explicit(&c->holders[s], 0, memory_order_relaxed);
-	pdx_entry_touch(x, idx);
-	pdx_stat_add(x, PDX_STAT(entries), -1);
-	/* Out of memory for the retire list: the slot leaks rather than being reused under a reader. */
-	(void)pdx_retire(x, PDX_RETIRED_ENTRY, idx, NULL);
+	uint32_t head = idx - (pdx_slot_of(idx) - s);
+	uint32_t promoted = pdx_idmap_get(&x->head_depth, head);
+
+	return (promoted != PDX_NONE ? promoted
+				     : atomic_load_explicit(&c->acc[s], memory_order_relaxed)) +
+	       (idx - head);
 }
 
-/* Does freeing entry @idx make an orphan that needs a table slot? */
-bool pdx_entry_has_next_child(const struct pdx *x, uint32_t idx)
+/* Does freeing entry @idx make an orphan of the child in the next slot? */
+static bool has_next_child(const struct pdx *x, uint32_t idx)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(x, idx);
 	uint32_t s = pdx_slot_of(idx);
 
 	return s + 1 < PDX_CHUNK_SLOTS &&
 	       (atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed) & PDX_CONT);
+}
+
+int pdx_entry_release_reserve(struct pdx *x, uint32_t idx)
+{
+	if (!has_next_child(x, idx))
+		return 0;
+	return pdx_table_reserve(x, 1) || pdx_idmap_reserve(x, &x->head_depth, 1) ? -ENOMEM : 0;
+}
+
+/*
+ * An orphan's acc continues its old parent's and cannot change under readers, so its depth,
+ * as a new run head, is kept aside. Depths past what the map can hold (no prompt is that
+ * long) are kept short: only terms no reader ever asks for come out different.
+ */
+static void promoted_put(struct pdx *x, uint32_t idx, uint64_t depth)
+{
+	uint32_t pos;
+
+	pdx_idmap_find(&x->head_depth, idx, &pos);
+	pdx_idmap_put_at(&x->head_depth, pos, idx,
+			 depth < PDX_SLOT_TOMB ? (uint32_t)depth : PDX_SLOT_TOMB - 1);
+}
+
+/*
+ * Free entry @idx, which no target holds any more. If the next slot holds its child, that
+ * child becomes the head of its run and goes into the table: the caller has made room with
+ * pdx_entry_release_reserve(), so this cannot fail.
+ */
+void pdx_entry_release(struct pdx *x, uint32_t idx)
+{
+	struct pdx_chunk *c = pdx_chunk_of(x, idx);
+	uint32_t s = pdx_slot_of(idx), pos;
+	uint64_t h = atomic_load_explicit(&c->holders[s], memory_order_relaxed);
+
+	if (!(h & PDX_CONT))
+		pdx_table_delete(x, atomic_load_explicit(&c->key[s], memory_order_relaxed), idx);
+	if (has_next_child(x, idx)) {
+		uint64_t child = atomic_load_explicit(&c->holders[s + 1], memory_order_relaxed);
+
+		promoted_put(x, idx + 1, pdx_entry_depth(x, idx) + 1);
+		pdx_table_insert(x, atomic_load_explicit(&c->key[s + 1], memory_order_relaxed),
+				 idx + 1);
+		/*
+		 * R5: the orphan is in the table before it loses PDX_CONT, so a reader that sees
+		 * the bit gone finds it by probing. A reader that still sees the bit reads the old
+		 * parent, retired and readable until it leaves.
+		 */
+		atomic_store_explicit(&c->holders[s + 1], child & ~PDX_CONT, memory_order_release);
+	}
+	if (x->head_depth.live && pdx_idmap_find(&x->head_depth, idx, &pos) != PDX_NONE)
+		pdx_idmap_del_at(&x->head_depth, pos);
+	/* Relaxed: an empty holders word publishes nothing; readers treat it as absent. */
+	atomic_store_explicit(&c->holders[s], 0, memory_order_relaxed);
+	pdx_entry_touch(x, idx);
+	pdx_stat_add(x, PDX_STAT(entries), -1);
+	/* Out of memory for the retire list: the slot leaks rather than being reused under a reader. */
+	(void)pdx_retire(x, PDX_RETIRED_ENTRY, idx, NULL);
 }
 
 /* Warm the lines a writer reads and writes for entry @idx (PDX_NONE: nothing). */

@@ -90,25 +90,11 @@ static int check_event_ids(struct pdx *x, const uint64_t *parent_ext,
 	return 0;
 }
 
-/* Block number of entry @idx's block in its prompts, modulo PDX_DEPTH_WRAP. */
-static uint16_t *depth_of(struct pdx *x, uint32_t idx)
-{
-	return &x->meta[idx >> PDX_CHUNK_SHIFT].notes->depth[pdx_slot_of(idx)];
-}
-
-static uint16_t child_depth(struct pdx *x, uint32_t prev)
-{
-	return prev == PDX_NONE ? 0 : (uint16_t)(*depth_of(x, prev) + 1);
-}
-
-/* The run-sum term of the child of @prev (PDX_NONE: a block 0) with this @local hash. */
-static uint64_t child_term(struct pdx *x, uint32_t prev, uint64_t local)
-{
-	return pdx_term(local, child_depth(x, prev));
-}
-
-/* Would entry @e be a PDX_CONT child of @prev? It must sit right after it with a fitting acc. */
-static bool fits_after(struct pdx *x, uint32_t prev, uint32_t e, uint64_t local)
+/*
+ * Would entry @e be a PDX_CONT child of @prev, as block number @depth with this @local hash?
+ * It must sit right after it with a fitting acc.
+ */
+static bool fits_after(struct pdx *x, uint32_t prev, uint32_t e, uint64_t local, uint64_t depth)
 {
 	const struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
@@ -116,22 +102,23 @@ static bool fits_after(struct pdx *x, uint32_t prev, uint32_t e, uint64_t local)
 	return prev != PDX_NONE && e == prev + 1 && s != 0 &&
 	       atomic_load_explicit(&c->acc[s], memory_order_relaxed) -
 			       atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed) ==
-		       child_term(x, prev, local);
+		       pdx_term(local, depth);
 }
 
 /*
- * The entry of the child of @prev with this @local hash and sequence hash @key, or PDX_NONE:
- * in the slot after @prev when it carries PDX_CONT (such entries are not in the table), else
- * a run head in the table.
+ * The entry of the child of @prev, block number @depth with this @local hash and sequence hash
+ * @key, or PDX_NONE: in the slot after @prev when it carries PDX_CONT (such entries are not in
+ * the table), else a run head in the table.
  */
-static uint32_t find_child(struct pdx *x, uint32_t prev, uint64_t key, uint64_t local)
+static uint32_t find_child(struct pdx *x, uint32_t prev, uint64_t key, uint64_t local,
+			   uint64_t depth)
 {
 	if (prev != PDX_NONE && pdx_slot_of(prev) + 1 < PDX_CHUNK_SLOTS) {
 		const struct pdx_chunk *c = pdx_chunk_of(x, prev + 1);
 
 		if ((atomic_load_explicit(&c->holders[pdx_slot_of(prev + 1)],
 					  memory_order_relaxed) & PDX_CONT) &&
-		    fits_after(x, prev, prev + 1, local))
+		    fits_after(x, prev, prev + 1, local, depth))
 			return prev + 1;
 	}
 	/* Relaxed: the writer itself stored the table pointer. */
@@ -170,11 +157,12 @@ static int hold_existing(struct pdx *x, uint32_t e, uint32_t target)
 }
 
 /*
- * Create the entry for @key held by @target alone, named @ext; returns its index or PDX_NONE
- * (ENOMEM, with nothing changed). A run head goes into the table.
+ * Create the entry for @key, block number @depth, held by @target alone and named @ext;
+ * returns its index or PDX_NONE (ENOMEM, with nothing changed). A run head goes into the
+ * table, with its depth for acc.
  */
-static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t ext,
-			 uint32_t prev, uint32_t target)
+static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t depth,
+			 uint64_t ext, uint32_t prev, uint32_t target)
 {
 	uint32_t e;
 
@@ -184,7 +172,7 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t e
 	struct pdx_chunk *c = pdx_chunk_of(x, e);
 	uint32_t s = pdx_slot_of(e);
 	bool cont = prev != PDX_NONE && e == prev + 1 && s != 0;
-	uint64_t acc = child_term(x, prev, local);
+	uint64_t acc = depth;
 	struct pdx_set *set = pdx_set_with(x, NULL, target);
 
 	/* Never published, so no reader saw the slot: it can go straight back. */
@@ -194,10 +182,10 @@ static uint32_t hold_new(struct pdx *x, uint64_t key, uint64_t local, uint64_t e
 			pdx_set_drop_unused(x, set);
 		return PDX_NONE;
 	}
-	*depth_of(x, e) = child_depth(x, prev);
 	*pdx_name_of(x, e) = ext;
 	if (cont)
-		acc += atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed);
+		acc = atomic_load_explicit(&c->acc[s - 1], memory_order_relaxed) +
+		      pdx_term(local, depth);
 	/* Relaxed: published by R2 (table) or R1 (holders) below. */
 	atomic_store_explicit(&c->key[s], key, memory_order_relaxed);
 	atomic_store_explicit(&c->acc[s], acc, memory_order_relaxed);
@@ -260,14 +248,15 @@ static bool store_known(struct pdx *x, uint32_t known, uint64_t key)
 	return true;
 }
 
-static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
+/* Apply blocks @blocks[0..n), the first of them block number @depth, after entry @prev. */
+static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev, uint64_t depth,
 			 const struct pdx_block *blocks, size_t n)
 {
 	long applied = 0;
 
 	for (size_t j = 0; j < WRITE_AHEAD && j < n; j++)
 		store_warm(x, target, blocks, j);
-	for (size_t j = 0; j < n; j++) {
+	for (size_t j = 0; j < n; j++, depth++) {
 		uint64_t key = x->keys[j], ext = blocks[j].ext_id;
 		uint32_t known = pdx_name_lookup(x, target, ext);
 
@@ -279,10 +268,10 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev,
 			prev = known;
 			continue;
 		}
-		uint32_t e = find_child(x, prev, key, blocks[j].local_hash);
+		uint32_t e = find_child(x, prev, key, blocks[j].local_hash, depth);
 
 		if (e == PDX_NONE) {
-			e = hold_new(x, key, blocks[j].local_hash, ext, prev, target);
+			e = hold_new(x, key, blocks[j].local_hash, depth, ext, prev, target);
 			if (e == PDX_NONE)
 				return -ENOMEM;
 		} else if (pdx_set_has(pdx_set_of(atomic_load_explicit(
@@ -315,7 +304,7 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 		return err;
 
 	uint32_t prev = PDX_NONE;
-	uint64_t key = 0;
+	uint64_t key = 0, depth = 0;
 
 	if (parent_ext) {
 		prev = pdx_name_lookup(x, target, *parent_ext);
@@ -325,12 +314,13 @@ long pdx_store(struct pdx *x, uint32_t target, const uint64_t *parent_ext,
 		}
 		key = atomic_load_explicit(&pdx_chunk_of(x, prev)->key[pdx_slot_of(prev)],
 					   memory_order_relaxed);
+		depth = pdx_entry_depth(x, prev) + 1;
 	}
 	if (n > UINT32_MAX || pdx_names_reserve(x, target, (uint32_t)n) ||
 	    event_keys(x, parent_ext != NULL, key, blocks, n))
 		return -ENOMEM;
 
-	long applied = store_blocks(x, target, prev, blocks, n);
+	long applied = store_blocks(x, target, prev, depth, blocks, n);
 
 	pdx_reclaim(x);
 	return applied;
@@ -371,8 +361,7 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target, uint64_t ext)
 	struct pdx_set *old = (struct pdx_set *)pdx_set_of(h);
 
 	if (old->n == 1) {
-		/* Freeing it may turn the child in the next slot into a run head. */
-		if (pdx_entry_has_next_child(x, e) && pdx_table_reserve(x, 1))
+		if (pdx_entry_release_reserve(x, e))
 			return -ENOMEM;
 		pdx_entry_release(x, e);
 		pdx_set_unref(x, old);

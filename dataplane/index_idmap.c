@@ -1,7 +1,8 @@
 /*
- * Maps from a 64-bit id to an entry index: a target's aliases (index_names.c). Linear probing
- * over two parallel arrays; writer only, so no atomics. Any size, not a power of two, and
- * between 60% and 90% used.
+ * Maps from a 64-bit key to a 32-bit value: a target's aliases (id -> entry, index_names.c)
+ * and the depths of heads made by a parent's release (entry -> depth, index_entry.c), both
+ * rare. Linear probing over two parallel arrays; writer only, so no atomics. Any size, not a
+ * power of two, and between 60% and 90% used.
  */
 #include <errno.h>
 #include <stdlib.h>

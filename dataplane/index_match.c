@@ -71,17 +71,10 @@ static uint64_t sum_terms_scalar(const uint64_t *local, size_t from, size_t n)
 __attribute__((target("avx512f,avx512dq"))) static uint64_t
 sum_terms_avx512(const uint64_t *local, size_t from, size_t n)
 {
-	size_t before_wrap = PDX_DEPTH_WRAP - from % PDX_DEPTH_WRAP;
-
-	/* The depths below only count up: a range over a wrap goes in two. */
-	if (n > before_wrap)
-		return sum_terms_avx512(local, from, before_wrap) +
-		       sum_terms_avx512(local, from + before_wrap, n - before_wrap);
-
 	const __m512i mul = _mm512_set1_epi64((long long)PDX_TERM_MUL);
 	const __m512i step = _mm512_set1_epi64((long long)(8 * PDX_TERM_DEPTH));
 	__m512i depth = _mm512_mullo_epi64(
-		_mm512_add_epi64(_mm512_set1_epi64((long long)(from % PDX_DEPTH_WRAP)),
+		_mm512_add_epi64(_mm512_set1_epi64((long long)from),
 				 _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
 		_mm512_set1_epi64((long long)PDX_TERM_DEPTH));
 	__m512i sum = _mm512_setzero_si512();

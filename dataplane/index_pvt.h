@@ -19,8 +19,10 @@
  * slots, and a slot whose block is the child of the block in the slot just before carries
  * PDX_CONT in its holders word. Along such a run each slot stores acc, a wrapping sum of the
  * run's blocks, each counted as pdx_term(local, depth) with depth its block number in the
- * prompt: acc[s] = acc[s-1] + term for a PDX_CONT slot (any base otherwise). The depth makes
- * the sum see order (a plain sum would match a prompt with two blocks swapped). The span of
+ * prompt: acc[s] = acc[s-1] + term for a PDX_CONT slot. The depth makes the sum see order (a
+ * plain sum would match a prompt with two blocks swapped). Readers only take differences of
+ * acc along a run, so a run head's acc is free: it holds the head's depth, which gives the
+ * writer every slot's depth by walking back to the head (pdx_entry_depth()). The span of
  * a slot counts the slots after it that continue the run with the same holder set; it lives
  * in the holders word, so a reader never pairs a set with a span computed for another one.
  * A reader that has matched block i in slot s checks the span a stride of slots at a time
@@ -103,8 +105,7 @@ struct pdx_chunk {
 
 /* Writer-only notes on each slot of a chunk, one allocation per chunk. */
 struct pdx_chunk_notes {
-	uint64_t name[PDX_CHUNK_SLOTS];	 /* external id the entry was first stored under */
-	uint16_t depth[PDX_CHUNK_SLOTS]; /* block number of its block, modulo PDX_DEPTH_WRAP */
+	uint64_t name[PDX_CHUNK_SLOTS]; /* external id the entry was first stored under */
 };
 
 /* Writer-only bookkeeping of a chunk's slots. */
@@ -217,6 +218,7 @@ struct pdx {
 	struct pdx_chunk **slabs;  /* one per PDX_SLAB_CHUNKS chunks */
 	uint64_t free_slots;  /* over all chunks */
 	struct pdx_target_state *targets;
+	struct pdx_idmap head_depth; /* heads made by a parent's release: entry -> depth */
 	struct pdx_set **intern; /* buckets by sum */
 	struct pdx_set *unretired_sets; /* dead sets the retire list had no room for */
 	uint64_t intern_mask;
@@ -261,16 +263,9 @@ static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)
 #define PDX_TERM_DEPTH 0x9E3779B97F4A7C15ull
 #define PDX_TERM_MUL 0xBF58476D1CE4E5B9ull
 
-/*
- * Depths count modulo 2^16, so the writer keeps two bytes per slot. A sum covers one run, and
- * a run lies inside one chunk (fewer slots than that), so the depths of one sum never repeat.
- */
-#define PDX_DEPTH_WRAP (1u << 16)
-_Static_assert(PDX_CHUNK_SLOTS < PDX_DEPTH_WRAP, "no sum sees a depth twice");
-
 static inline uint64_t pdx_term(uint64_t local, uint64_t depth)
 {
-	uint64_t m = local ^ (depth % PDX_DEPTH_WRAP) * PDX_TERM_DEPTH;
+	uint64_t m = local ^ depth * PDX_TERM_DEPTH;
 
 	/* Fold first: a multiply only carries upwards, so a difference in the top bits alone
 	 * would otherwise reach just one lower bit through the final shift. */
@@ -327,11 +322,14 @@ void pdx_retired_free_all(struct pdx *x);
 /* index_entry.c: alloc returns 0 or -ENOMEM */
 int pdx_entry_alloc(struct pdx *x, uint32_t prev, uint32_t *out);
 void pdx_entry_release(struct pdx *x, uint32_t idx);
-bool pdx_entry_has_next_child(const struct pdx *x, uint32_t idx);
 void pdx_entry_free_slot(struct pdx *x, uint32_t idx);
 void pdx_entries_destroy(struct pdx *x);
 void pdx_entry_touch(struct pdx *x, uint32_t idx);
 void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
+/* Block number of entry @idx's block in its prompts. */
+uint64_t pdx_entry_depth(const struct pdx *x, uint32_t idx);
+/* Room for pdx_entry_release() to make an orphan a head: 0 or -ENOMEM. */
+int pdx_entry_release_reserve(struct pdx *x, uint32_t idx);
 void pdx_spans_update(struct pdx *x);
 
 /* External id entry @idx was first stored under. */
