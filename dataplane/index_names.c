@@ -9,8 +9,8 @@
  * of twelve, the name itself read from the entry when a tag agrees. A block a target holds
  * under another id is an alias, kept with its id in the target's `aliases` map.
  *
- * A map is made of buckets of one cache line: twelve tags, compared all at once, and the
- * twelve entry indexes. A full bucket sends a new pair on to the next one and counts it in its
+ * A map is made of buckets of one cache line: fourteen tags, compared all at once, and the
+ * fourteen entry indexes in 28 bits each (the index has 2^27 entries at most). A full bucket sends a new pair on to the next one and counts it in its
  * overflow byte; a lookup stops at the first bucket without overflow, so an unknown id (every
  * new block a STORED event brings) costs one line, deletions leave no tombstones, and a map
  * can run 90% full. A target's map is small and its events come together, so it stays in
@@ -27,11 +27,42 @@
 #endif
 
 #define NAME_OVERFLOW_STUCK UINT8_MAX /* too many to count: left as is until a rebuild */
+#define NAME_LOAD_MAX 85	      /* percent full that makes a map grow */
+#define NAME_LONG_WALK 8	      /* buckets an insert passes that make a map rebuild */
 
 /* Pairs ahead whose new bucket a rebuild prefetches, and whose name before that. */
 #define REBUILD_AHEAD 8
 
 _Static_assert(sizeof(struct pdx_name_bucket) == 64, "a bucket is one cache line");
+_Static_assert((uint64_t)PDX_MAX_CHUNKS * PDX_CHUNK_SLOTS <= 1u << 28, "indexes fit 28 bits");
+
+#define IDX_MASK ((1u << 28) - 1)
+
+/*
+ * Slots 2p and 2p + 1 share bytes 7p..7p+6 of idx[], low 28 bits first. Eight bytes are read
+ * from the byte before them (the overflow byte for p = 0), so the read stays in the bucket.
+ */
+static inline uint64_t idx_pair(const struct pdx_name_bucket *k, uint32_t i)
+{
+	uint64_t v;
+
+	memcpy(&v, k->idx + 7 * (i / 2) - 1, sizeof(v));
+	return v >> 8;
+}
+
+/* Entry index in slot @i of @k. */
+static inline uint32_t bucket_idx(const struct pdx_name_bucket *k, uint32_t i)
+{
+	return (uint32_t)(idx_pair(k, i) >> (i % 2 * 28)) & IDX_MASK;
+}
+
+static inline void bucket_set_idx(struct pdx_name_bucket *k, uint32_t i, uint32_t e)
+{
+	uint64_t v = idx_pair(k, i), shift = i % 2 * 28;
+
+	v = (v & ~((uint64_t)IDX_MASK << shift)) | (uint64_t)e << shift;
+	memcpy(k->idx + 7 * (i / 2), &v, 7);
+}
 
 static inline uint64_t name_mix(uint64_t ext)
 {
@@ -89,7 +120,7 @@ static uint32_t map_find(const struct pdx *x, const struct pdx_names *t, uint64_
 		const struct pdx_name_bucket *k = &t->bucket[b];
 
 		for (uint32_t m = tag_matches(k, tag); m; m &= m - 1) {
-			uint32_t e = k->idx[__builtin_ctz(m)];
+			uint32_t e = bucket_idx(k, (uint32_t)__builtin_ctz(m));
 
 			if (*pdx_name_of(x, e) == ext)
 				return e;
@@ -103,15 +134,17 @@ static uint32_t map_find(const struct pdx *x, const struct pdx_names *t, uint64_
 /* Put entry @e, named @ext, into map @t, which has room. */
 static void map_put(struct pdx_names *t, uint64_t ext, uint32_t e)
 {
-	for (uint32_t b = name_home(t, ext);; b = name_next(t, b)) {
+	for (uint32_t b = name_home(t, ext), passed = 0;; b = name_next(t, b), passed++) {
 		struct pdx_name_bucket *k = &t->bucket[b];
 		uint32_t free_slots = tag_matches(k, 0);
 
+		if (passed == NAME_LONG_WALK)
+			t->crowded = true;
 		if (free_slots) {
 			uint32_t i = (uint32_t)__builtin_ctz(free_slots);
 
 			k->tag[i] = name_tag(ext);
-			k->idx[i] = e;
+			bucket_set_idx(k, i, e);
 			t->live++;
 			return;
 		}
@@ -129,7 +162,7 @@ static void map_take(struct pdx_names *t, uint64_t ext, uint32_t e)
 		for (uint32_t m = tag_matches(k, name_tag(ext)); m; m &= m - 1) {
 			uint32_t i = (uint32_t)__builtin_ctz(m);
 
-			if (k->idx[i] == e) {
+			if (bucket_idx(k, i) == e) {
 				k->tag[i] = 0;
 				t->live--;
 				return;
@@ -176,7 +209,7 @@ static int map_rebuild(struct pdx *x, struct pdx_names *t, uint64_t want)
 	for (uint32_t b = 0; b < t->nbuckets; b++) {
 		for (uint32_t m = ~tag_matches(&t->bucket[b], 0) & ((1u << PDX_NAME_SLOTS) - 1); m;
 		     m &= m - 1) {
-			uint32_t e = t->bucket[b].idx[__builtin_ctz(m)];
+			uint32_t e = bucket_idx(&t->bucket[b], (uint32_t)__builtin_ctz(m));
 
 			__builtin_prefetch(pdx_name_of(x, e));
 			if (seen >= REBUILD_AHEAD) {
@@ -229,12 +262,18 @@ void pdx_name_prefetch(const struct pdx *x, uint32_t target, uint64_t ext)
 		__builtin_prefetch(&t->bucket[name_home(t, ext)]);
 }
 
-/* Rebuilt past 9/10 full, so an event finds room for all it brings. */
+/*
+ * Rebuilt 2/3 full when an event could take it past NAME_LOAD_MAX, so it finds room for all
+ * it brings, or once an insert walked NAME_LONG_WALK buckets: a map that churns at a steady
+ * size near full grows runs of full buckets that every lookup of an unknown id walks (at 90%
+ * on the shared-prefix stream, 32 buckets a lookup); a rebuild packs the pairs afresh.
+ */
 int pdx_names_reserve(struct pdx *x, uint32_t target, uint32_t more)
 {
 	struct pdx_names *t = &x->targets[target].names;
 
-	if (((uint64_t)t->live + more) * 10 <= (uint64_t)t->nbuckets * PDX_NAME_SLOTS * 9)
+	if (!t->crowded &&
+	    ((uint64_t)t->live + more) * 100 <= (uint64_t)t->nbuckets * PDX_NAME_SLOTS * NAME_LOAD_MAX)
 		return 0;
 	return map_rebuild(x, t, (uint64_t)t->live + more);
 }
@@ -279,7 +318,7 @@ size_t pdx_names_list(const struct pdx *x, uint32_t target, uint32_t *out)
 	for (uint32_t b = 0; b < t->nbuckets; b++)
 		for (uint32_t m = ~tag_matches(&t->bucket[b], 0) & ((1u << PDX_NAME_SLOTS) - 1);
 		     m; m &= m - 1)
-			out[n++] = t->bucket[b].idx[__builtin_ctz(m)];
+			out[n++] = bucket_idx(&t->bucket[b], (uint32_t)__builtin_ctz(m));
 	return n;
 }
 

@@ -139,20 +139,23 @@ struct pdx_idmap {
 	uint32_t used;
 };
 
-/* Writer-only map of a target's blocks by name, in buckets of one cache line (index_names.c). */
-#define PDX_NAME_SLOTS 12
+/*
+ * Writer-only map of a target's blocks by name, in buckets of one cache line (index_names.c):
+ * fourteen slots, their entry indexes packed in 28 bits each, two to seven bytes.
+ */
+#define PDX_NAME_SLOTS 14
 
 struct pdx_name_bucket {
 	alignas(64) uint8_t tag[PDX_NAME_SLOTS]; /* 0: free; else 0x80 | 7 bits of the hash */
 	uint8_t overflow; /* pairs that went on past this bucket, full when they came */
-	uint8_t pad[3];
-	uint32_t idx[PDX_NAME_SLOTS]; /* entry index */
+	uint8_t idx[PDX_NAME_SLOTS / 2 * 7];
 };
 
 struct pdx_names {
 	struct pdx_name_bucket *bucket;
 	uint32_t nbuckets;
 	uint32_t live;
+	bool crowded; /* an insert walked far: rebuild at the next chance */
 };
 
 struct pdx_target_state {
