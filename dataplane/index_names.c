@@ -30,7 +30,7 @@
 #define NAME_LOAD_MAX 85	      /* percent full that makes a map grow */
 #define NAME_LONG_WALK 8	      /* buckets an insert passes that make a map rebuild */
 
-/* Pairs ahead whose new bucket a rebuild prefetches, and whose name before that. */
+/* Pairs ahead whose name a rebuild prefetches. */
 #define REBUILD_AHEAD 8
 
 _Static_assert(sizeof(struct pdx_name_bucket) == 64, "a bucket is one cache line");
@@ -188,8 +188,8 @@ static void map_free(struct pdx *x, struct pdx_names *t)
 }
 
 /*
- * Rebuild @t for @want pairs, about 2/3 full. Each pair's name is read from its entry, so the
- * entries are fetched REBUILD_AHEAD pairs early and the new buckets half as early.
+ * Rebuild @t for @want pairs, about 2/3 full. Each pair's name is read from its entry, which
+ * is fetched REBUILD_AHEAD pairs early; the new map is small and stays in cache.
  */
 static int map_rebuild(struct pdx *x, struct pdx_names *t, uint64_t want)
 {
