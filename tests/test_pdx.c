@@ -216,6 +216,35 @@ Test(pdx, a_refilled_hole_restores_the_depth)
 	t_pdx_close(&t);
 }
 
+/*
+ * Freeing block 2 of a run makes block 3 the head of the rest; stores chained below it must
+ * still find and extend that run, so the writer knows block 3's depth without its parent.
+ */
+Test(pdx, blocks_after_a_freed_parent_keep_their_place_in_the_prompt)
+{
+	struct t_pdx t;
+	struct t_prompt a;
+
+	t_pdx_open(&t, 8, 0);
+	t_prompt_init(&a, 1, 8);
+	cr_assert_eq(t_store(&t, 0, &a, 0, 6), 6);
+	cr_assert_eq(t_remove1(&t, 0, t_prompt_ext(&a, 2)), 1);
+	cr_assert_eq(t_store(&t, 0, &a, 6, 1), 1, "block 6 after block 5, below the hole");
+	cr_assert_eq(t_store(&t, 1, &a, 0, 8), 8);
+
+	struct pdx_stats s = t_stats(&t.x);
+
+	cr_expect_eq(s.entries, 8, "target 1 found blocks 3 to 6 where they were");
+	cr_expect_eq(s.store_dup_block, 0);
+
+	size_t k = t_match(&t, a.local, 8);
+
+	cr_expect(k == 2 && t_depth(&t, k, 0) == 2 && t_depth(&t, k, 1) == 8);
+	cr_assert_eq(t_store(&t, 0, &a, 2, 1), 1, "refilling the hole");
+	cr_expect_eq(t_depth(&t, t_match(&t, a.local, 8), 0), 7);
+	t_pdx_close(&t);
+}
+
 Test(pdx, targets_sharing_a_prefix_get_their_own_depths)
 {
 	struct t_pdx t;
