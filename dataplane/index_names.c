@@ -17,6 +17,7 @@
  * cache while they are applied.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,29 +40,33 @@ _Static_assert((uint64_t)PDX_MAX_CHUNKS * PDX_CHUNK_SLOTS <= 1u << 28, "indexes 
 #define IDX_MASK ((1u << 28) - 1)
 
 /*
- * Slots 2p and 2p + 1 share bytes 7p..7p+6 of idx[], low 28 bits first. Eight bytes are read
- * from the byte before them (the overflow byte for p = 0), so the read stays in the bucket.
+ * Slots 2p and 2p + 1 share bytes 7p..7p+6 of idx[], low 28 bits first. They are read and
+ * written as the eight bytes that start one before them (the overflow byte for p = 0), so
+ * each access stays in the bucket and a read right after a write of the same pair is served
+ * from the store buffer (a narrower write would make it wait).
  */
-static inline uint64_t idx_pair(const struct pdx_name_bucket *k, uint32_t i)
+static inline size_t pair_offset(uint32_t i)
 {
-	uint64_t v;
-
-	memcpy(&v, k->idx + 7 * (i / 2) - 1, sizeof(v));
-	return v >> 8;
+	return offsetof(struct pdx_name_bucket, idx) + 7 * (i / 2) - 1;
 }
 
 /* Entry index in slot @i of @k. */
 static inline uint32_t bucket_idx(const struct pdx_name_bucket *k, uint32_t i)
 {
-	return (uint32_t)(idx_pair(k, i) >> (i % 2 * 28)) & IDX_MASK;
+	uint64_t v;
+
+	memcpy(&v, (const unsigned char *)k + pair_offset(i), sizeof(v));
+	return (uint32_t)(v >> (8 + i % 2 * 28)) & IDX_MASK;
 }
 
 static inline void bucket_set_idx(struct pdx_name_bucket *k, uint32_t i, uint32_t e)
 {
-	uint64_t v = idx_pair(k, i), shift = i % 2 * 28;
+	unsigned char *at = (unsigned char *)k + pair_offset(i);
+	uint64_t v, shift = 8 + i % 2 * 28;
 
+	memcpy(&v, at, sizeof(v));
 	v = (v & ~((uint64_t)IDX_MASK << shift)) | (uint64_t)e << shift;
-	memcpy(k->idx + 7 * (i / 2), &v, 7);
+	memcpy(at, &v, sizeof(v));
 }
 
 static inline uint64_t name_mix(uint64_t ext)
