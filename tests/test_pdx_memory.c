@@ -182,3 +182,43 @@ Test(pdx_memory, everything_stored_then_removed_leaves_an_empty_index)
 	cr_expect_eq(pdx_reclaim(&t.x), 0);
 	t_pdx_close(&t);
 }
+
+/*
+ * One target holding a steady number of blocks while its prompts come and go: its map of ids
+ * runs near full for a long time (where runs of full buckets grow, and the map is rebuilt).
+ * Every id it holds must still name its block, and its memory must stay put.
+ */
+Test(pdx_memory, a_target_churning_at_a_steady_size_keeps_every_id)
+{
+	enum { HELD = 200, ROUNDS = 3000, N = 16 };
+	struct t_pdx t;
+	struct t_prompt p;
+	uint64_t warm_bytes = 0;
+
+	t_pdx_open(&t, 4, 0);
+	for (uint32_t r = 0; r < ROUNDS; r++) {
+		t_prompt_init(&p, 70000 + r, N);
+		cr_assert_eq(t_store(&t, 0, &p, 0, N), N);
+		if (r < HELD)
+			continue;
+		t_prompt_init(&p, 70000 + r - HELD, N);
+		for (size_t i = N; i-- > 0;) /* leaf first, as engines evict */
+			cr_assert_eq(t_remove1(&t, 0, t_prompt_ext(&p, i)), 1, "round %u", r);
+		if (r == 2 * HELD) {
+			pdx_reclaim(&t.x);
+			warm_bytes = t_stats(&t.x).bytes;
+		}
+	}
+	pdx_reclaim(&t.x);
+	cr_expect_eq(pdx_target_blocks(&t.x, 0), HELD * N);
+	cr_expect_leq(t_stats(&t.x).bytes, warm_bytes + warm_bytes / 4);
+	for (uint32_t r = ROUNDS - HELD; r < ROUNDS; r++) {
+		t_prompt_init(&p, 70000 + r, N);
+		cr_assert_eq(t_depth(&t, t_match(&t, p.local, N), 0), N, "prompt %u", r);
+		for (size_t i = 0; i < N; i++)
+			cr_assert_eq(t_remove1(&t, 0, t_prompt_ext(&p, i)), 1, "prompt %u", r);
+	}
+	cr_expect_eq(pdx_reclaim(&t.x), 0);
+	cr_expect_eq(t_stats(&t.x).entries, 0);
+	t_pdx_close(&t);
+}
