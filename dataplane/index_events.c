@@ -281,7 +281,8 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev, uint64_t
 			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
 			prev = e;
 			continue;
-		} else if (pdx_name_hold_reserve(x, target, e, ext) || hold_existing(x, e, target)) {
+		} else if (pdx_name_hold_reserve(x, target, e, ext) ||
+			   hold_existing(x, e, target)) {
 			return -ENOMEM;
 		}
 		pdx_name_hold(x, target, e, ext);
@@ -372,7 +373,7 @@ static int drop_holder(struct pdx *x, uint32_t e, uint32_t target, uint64_t ext)
 			return -ENOMEM;
 		swap_set(x, e, h, set);
 	}
-	/* After the release, which still reads the entry's name; the slot is retired, not reused. */
+	/* After the release: the name is still there (the slot is retired, not reused). */
 	pdx_name_drop(x, target, e, ext);
 	pdx_stat_add(x, PDX_STAT(blocks_removed), 1);
 	return 0;

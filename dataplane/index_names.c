@@ -10,11 +10,11 @@
  * under another id is an alias, kept with its id in the target's `aliases` map.
  *
  * A map is made of buckets of one cache line: fourteen tags, compared all at once, and the
- * fourteen entry indexes in 28 bits each (the index has 2^27 entries at most). A full bucket sends a new pair on to the next one and counts it in its
- * overflow byte; a lookup stops at the first bucket without overflow, so an unknown id (every
- * new block a STORED event brings) costs one line, deletions leave no tombstones, and a map
- * can run 90% full. A target's map is small and its events come together, so it stays in
- * cache while they are applied.
+ * fourteen entry indexes in 28 bits each (the index has 2^27 entries at most). A full bucket
+ * sends a new pair on to the next one and counts it in its overflow byte; a lookup stops at the
+ * first bucket without overflow, so an unknown id (every new block a STORED event brings) costs
+ * one line, deletions leave no tombstones, and a map can run 85% full. A target's map is
+ * small and its events come together, so it stays in cache while they are applied.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -254,8 +254,10 @@ bool pdx_name_is(const struct pdx *x, uint32_t target, uint32_t e, uint64_t ext)
 		return false;
 	if (ts->aliases.live) /* it might hold @e under an alias: ask the map */
 		return pdx_name_lookup(x, target, ext) == e;
-	return pdx_set_has(pdx_set_of(atomic_load_explicit(
-				   &pdx_chunk_of(x, e)->holders[pdx_slot_of(e)], memory_order_relaxed)),
+	const struct pdx_chunk *c = pdx_chunk_of(x, e);
+
+	return pdx_set_has(pdx_set_of(atomic_load_explicit(&c->holders[pdx_slot_of(e)],
+							   memory_order_relaxed)),
 			   target);
 }
 
@@ -277,8 +279,9 @@ int pdx_names_reserve(struct pdx *x, uint32_t target, uint32_t more)
 {
 	struct pdx_names *t = &x->targets[target].names;
 
-	if (!t->crowded &&
-	    ((uint64_t)t->live + more) * 100 <= (uint64_t)t->nbuckets * PDX_NAME_SLOTS * NAME_LOAD_MAX)
+	uint64_t room = (uint64_t)t->nbuckets * PDX_NAME_SLOTS * NAME_LOAD_MAX / 100;
+
+	if (!t->crowded && (uint64_t)t->live + more <= room)
 		return 0;
 	return map_rebuild(x, t, (uint64_t)t->live + more);
 }

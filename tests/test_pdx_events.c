@@ -297,12 +297,13 @@ Test(pdx_events, targets_may_give_one_id_to_different_blocks)
 	t_pdx_open(&t, 8, 0);
 	t_prompt_init(&a, 1, 2);
 	t_prompt_init(&b, 2, 2);
+	/* Target 1's engine numbers its blocks the way target 0's does. */
 	for (size_t i = 0; i < 2; i++)
-		b.b[i].ext_id = a.b[i].ext_id; /* target 1's engine numbers its blocks the same way */
+		b.b[i].ext_id = a.b[i].ext_id;
 	cr_assert_eq(t_store(&t, 0, &a, 0, 2), 2);
 	cr_assert_eq(t_store(&t, 1, &b, 0, 2), 2);
 	cr_expect_eq(t_stats(&t.x).entries, 4);
-	cr_expect_eq(t_remove1(&t, 1, a.b[1].ext_id), 1, "removes target 1's block, not target 0's");
+	cr_expect_eq(t_remove1(&t, 1, a.b[1].ext_id), 1, "target 1's block goes, not target 0's");
 
 	size_t k = t_match(&t, a.local, 2);
 
@@ -322,7 +323,7 @@ Test(pdx_events, an_id_a_target_gave_no_block_of_its_own_is_free_for_it_to_use)
 	t_prompt_init(&a, 1, 1);
 	t_prompt_init(&c, 3, 1);
 	store_under_two_names(&t, &a, mine);
-	/* The block target 1 holds is named a.b[0].ext_id by target 0; to target 1 that id is free. */
+	/* Target 1 holds block a, named a.b[0].ext_id by target 0: to target 1 that id is free. */
 	other[0] = (struct pdx_block){.ext_id = a.b[0].ext_id, .local_hash = c.local[0]};
 	cr_assert_eq(pdx_store(&t.x, 1, NULL, other, 1), 1);
 	cr_expect_eq(t_remove1(&t, 1, a.b[0].ext_id), 1);

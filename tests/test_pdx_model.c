@@ -425,7 +425,8 @@ static void op_remove(struct run *r)
 		if (k < 6 && held != UINT32_MAX)
 			ids[i] = ext_of(r->u, target, held);
 		else if (k < 8) /* any node, in any dialect: often another target's name */
-			ids[i] = ext_of(r->u, target + k, t_rng_below(&r->rng, (uint32_t)r->u->nnodes));
+			ids[i] = ext_of(r->u, target + k,
+					t_rng_below(&r->rng, (uint32_t)r->u->nnodes));
 		else if (k < 9 && i > 0)
 			ids[i] = ids[t_rng_below(&r->rng, (uint32_t)i)];
 		else
