@@ -5,8 +5,8 @@
  * Engines name a block by an id of their own, and engines of one model usually agree on it
  * (their hash of the prefix). So each entry keeps one name, the id it was first stored under
  * (struct pdx_chunk_notes), and a target's map holds, for each block it holds under that
- * name, only the entry index and a 7-bit tag of the name's hash: four bytes and a bit instead
- * of twelve, the name itself read from the entry when a tag agrees. A block a target holds
+ * name, only the entry index and a tag of the name's hash: 4.6 bytes a pair instead of 16,
+ * the name itself read from the entry when a tag agrees. A block a target holds
  * under another id is an alias, kept with its id in the target's `aliases` map.
  *
  * A map is made of buckets of one cache line: fourteen tags, compared all at once, and the
