@@ -216,18 +216,6 @@ void pdx_entry_release(struct pdx *x, uint32_t idx)
 	(void)pdx_retire(x, PDX_RETIRED_ENTRY, idx, NULL);
 }
 
-/* Warm the lines a writer reads and writes for entry @idx (PDX_NONE: nothing). */
-void pdx_entry_prefetch(const struct pdx *x, uint32_t idx)
-{
-	if (idx == PDX_NONE)
-		return;
-
-	struct pdx_chunk *c = pdx_chunk_of(x, idx);
-
-	__builtin_prefetch(&c->holders[pdx_slot_of(idx)], 1);
-	__builtin_prefetch(&c->key[pdx_slot_of(idx)]);
-}
-
 /* Note that slot @idx changed, so the spans around it get recomputed. */
 void pdx_entry_touch(struct pdx *x, uint32_t idx)
 {

@@ -274,9 +274,7 @@ static long store_blocks(struct pdx *x, uint32_t target, uint32_t prev, uint64_t
 			e = hold_new(x, key, blocks[j].local_hash, depth, ext, prev, target);
 			if (e == PDX_NONE)
 				return -ENOMEM;
-		} else if (pdx_set_has(pdx_set_of(atomic_load_explicit(
-				       &pdx_chunk_of(x, e)->holders[pdx_slot_of(e)],
-				       memory_order_relaxed)), target)) {
+		} else if (pdx_entry_held_by(x, e, target)) {
 			/* Held under another external id: keep the first name. */
 			pdx_stat_add(x, PDX_STAT(store_dup_block), 1);
 			prev = e;

@@ -254,11 +254,7 @@ bool pdx_name_is(const struct pdx *x, uint32_t target, uint32_t e, uint64_t ext)
 		return false;
 	if (ts->aliases.live) /* it might hold @e under an alias: ask the map */
 		return pdx_name_lookup(x, target, ext) == e;
-	const struct pdx_chunk *c = pdx_chunk_of(x, e);
-
-	return pdx_set_has(pdx_set_of(atomic_load_explicit(&c->holders[pdx_slot_of(e)],
-							   memory_order_relaxed)),
-			   target);
+	return pdx_entry_held_by(x, e, target);
 }
 
 void pdx_name_prefetch(const struct pdx *x, uint32_t target, uint64_t ext)

@@ -316,6 +316,16 @@ struct pdx_set *pdx_set_without(struct pdx *x, const struct pdx_set *s, uint32_t
 void pdx_set_unref(struct pdx *x, struct pdx_set *s);
 void pdx_set_drop_unused(struct pdx *x, struct pdx_set *s);
 bool pdx_set_has(const struct pdx_set *s, uint32_t target);
+
+/* Does @target hold entry @idx (no one holds a free slot)? Writer: reads its own store. */
+static inline bool pdx_entry_held_by(const struct pdx *x, uint32_t idx, uint32_t target)
+{
+	const struct pdx_chunk *c = pdx_chunk_of(x, idx);
+
+	return pdx_set_has(pdx_set_of(atomic_load_explicit(&c->holders[pdx_slot_of(idx)],
+							   memory_order_relaxed)),
+			   target);
+}
 size_t pdx_set_bytes(uint32_t n);
 
 /* index_epoch.c */
@@ -328,7 +338,6 @@ void pdx_entry_release(struct pdx *x, uint32_t idx);
 void pdx_entry_free_slot(struct pdx *x, uint32_t idx);
 void pdx_entries_destroy(struct pdx *x);
 void pdx_entry_touch(struct pdx *x, uint32_t idx);
-void pdx_entry_prefetch(const struct pdx *x, uint32_t idx);
 /* Block number of entry @idx's block in its prompts. */
 uint64_t pdx_entry_depth(const struct pdx *x, uint32_t idx);
 /* Room for pdx_entry_release() to make an orphan a head: 0 or -ENOMEM. */
