@@ -173,11 +173,8 @@ int pdx_entry_release_reserve(struct pdx *x, uint32_t idx)
  */
 static void promoted_put(struct pdx *x, uint32_t idx, uint64_t depth)
 {
-	uint32_t pos;
-
-	pdx_idmap_find(&x->head_depth, idx, &pos);
-	pdx_idmap_put_at(&x->head_depth, pos, idx,
-			 depth < PDX_SLOT_TOMB ? (uint32_t)depth : PDX_SLOT_TOMB - 1);
+	pdx_idmap_put(&x->head_depth, idx,
+		      depth < PDX_SLOT_TOMB ? (uint32_t)depth : PDX_SLOT_TOMB - 1);
 }
 
 /*

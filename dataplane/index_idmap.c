@@ -76,22 +76,16 @@ uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext)
 	return pdx_idmap_find(m, ext, NULL);
 }
 
-void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx)
+void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
 {
+	uint32_t pos;
+
+	pdx_idmap_find(m, ext, &pos); /* the first free slot on its probe: a tombstone is reused */
 	if (m->idx[pos] == PDX_SLOT_EMPTY)
 		m->used++;
 	m->live++;
 	m->ext[pos] = ext;
 	m->idx[pos] = idx;
-}
-
-/* Insert an absent @ext into a map with room (a rebuild's fresh copy). */
-static void idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx)
-{
-	uint32_t pos;
-
-	pdx_idmap_find(m, ext, &pos);
-	pdx_idmap_put_at(m, pos, ext, idx);
 }
 
 static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint64_t want)
@@ -114,7 +108,7 @@ static int idmap_rebuild(struct pdx *x, struct pdx_idmap *m, uint64_t want)
 		n.idx[i] = PDX_SLOT_EMPTY;
 	for (uint32_t i = 0; i < m->slots; i++)
 		if (m->idx[i] != PDX_SLOT_EMPTY && m->idx[i] != PDX_SLOT_TOMB)
-			idmap_put(&n, m->ext[i], m->idx[i]);
+			pdx_idmap_put(&n, m->ext[i], m->idx[i]);
 	pdx_idmap_free(x, m);
 	pdx_stat_add(x, PDX_STAT(bytes), idmap_bytes(n.slots));
 	*m = n;

@@ -293,14 +293,10 @@ void pdx_name_hold(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext)
 {
 	struct pdx_target_state *ts = &x->targets[target];
 
-	if (*pdx_name_of(x, e) == ext) {
+	if (*pdx_name_of(x, e) == ext)
 		map_put(&ts->names, ext, e);
-	} else {
-		uint32_t pos;
-
-		pdx_idmap_find(&ts->aliases, ext, &pos);
-		pdx_idmap_put_at(&ts->aliases, pos, ext, e);
-	}
+	else
+		pdx_idmap_put(&ts->aliases, ext, e);
 }
 
 void pdx_name_drop(struct pdx *x, uint32_t target, uint32_t e, uint64_t ext)

@@ -382,8 +382,8 @@ static inline uint32_t pdx_idmap_at(const struct pdx_idmap *m, uint32_t pos)
 }
 uint32_t pdx_idmap_get(const struct pdx_idmap *m, uint64_t ext);
 int pdx_idmap_reserve(struct pdx *x, struct pdx_idmap *m, uint32_t more);
-/* Insert an absent @ext where pdx_idmap_find() said; room reserved with pdx_idmap_reserve(). */
-void pdx_idmap_put_at(struct pdx_idmap *m, uint32_t pos, uint64_t ext, uint32_t idx);
+/* Insert an absent @ext into a map with room (pdx_idmap_reserve()). */
+void pdx_idmap_put(struct pdx_idmap *m, uint64_t ext, uint32_t idx);
 void pdx_idmap_del_at(struct pdx_idmap *m, uint32_t pos);
 void pdx_idmap_free(struct pdx *x, struct pdx_idmap *m);
 
