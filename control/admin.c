@@ -227,37 +227,43 @@ static void models(FILE *f, const struct ctl_admin_view *v)
 	fputs("]}\n", f);
 }
 
-/* Ask every core for its last decisions and wait for them (bounded). */
+/* Has core @k written its answer to request @seq? */
+static bool explained(const struct ctl_admin *a, uint32_t k, uint64_t seq)
+{
+	/* A10: the core's text after its sequence number; pairs with R10 in the core. */
+	return atomic_load_explicit(&a->explain[k].done, memory_order_acquire) == seq;
+}
+
+/*
+ * Ask every core for its last decisions, then wait for them all against one bound: the
+ * control thread serves nothing else meanwhile, so the wait must not grow with the cores.
+ */
 static void explain(FILE *f, struct ctl_admin *a, const struct ctl_admin_view *v)
 {
 	uint64_t seq = ++a->explain_seq;
+	const char *problem[SHM_MBOX_LANES_MAX] = {0};
 
 	for (uint32_t k = 0; k < v->ncores; k++) {
 		struct dp_explain_req *x = &a->explain[k];
-		struct dp_cmd cmd = {.explain = x, .seq = seq};
-		uint8_t *rec;
-		int err, waited = 0;
 
-		if (!x->buf && !(x->buf = malloc(x->cap))) {
-			fprintf(f, "core %u: out of memory\n", k);
-			continue;
-		}
-		rec = shm_ring_reserve(v->cmd[k], DP_CMD_EXPLAIN, 0, sizeof(cmd), &err);
-		if (!rec) {
-			fprintf(f, "core %u: busy, try again\n", k);
-			continue;
-		}
-		memcpy(rec, &cmd, sizeof(cmd));
-		shm_ring_commit(v->cmd[k]);
-		shm_ring_publish(v->cmd[k]);
-		/* A10: the core's text after its sequence number; pairs with R10 in the core. */
-		while (atomic_load_explicit(&x->done, memory_order_acquire) != seq &&
-		       waited++ < EXPLAIN_WAIT_MS)
+		if (!x->buf && !(x->buf = malloc(x->cap)))
+			problem[k] = "out of memory";
+		else if (!dp_cmd_post(v->cmd[k], DP_CMD_EXPLAIN,
+				      &(struct dp_cmd){.explain = x, .seq = seq}))
+			problem[k] = "busy, try again";
+	}
+	for (uint32_t k = 0, waited = 0; k < v->ncores; k++)
+		while (!problem[k] && !explained(a, k, seq) && waited++ < EXPLAIN_WAIT_MS)
 			usleep(1000);
-		if (atomic_load_explicit(&x->done, memory_order_acquire) != seq)
+	for (uint32_t k = 0; k < v->ncores; k++) {
+		const char *buf = a->explain[k].buf;
+
+		if (problem[k])
+			fprintf(f, "core %u: %s\n", k, problem[k]);
+		else if (!explained(a, k, seq))
 			fprintf(f, "core %u: no answer\n", k);
 		else
-			fprintf(f, "core %u:\n%s", k, x->buf[0] ? x->buf : "  no decision yet\n");
+			fprintf(f, "core %u:\n%s", k, buf[0] ? buf : "  no decision yet\n");
 	}
 }
 

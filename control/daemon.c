@@ -142,18 +142,9 @@ static void log_counters(struct pd_core_thread *t, uint32_t n, const struct ctl_
 static void stop_cores(struct pd_daemon *d)
 {
 	for (uint32_t k = 0; k < d->nstarted; k++) {
-		struct pd_core_thread *t = &d->threads[k];
-		struct dp_cmd cmd = {0};
-		uint8_t *rec;
-		int err;
-
 		/* The ring has room for thousands of commands; a full one is retried. */
-		while (
-		    !(rec = shm_ring_reserve(&t->cmd_producer, DP_CMD_STOP, 0, sizeof(cmd), &err)))
+		while (!dp_cmd_post(&d->threads[k].cmd_producer, DP_CMD_STOP, &(struct dp_cmd){0}))
 			usleep(1000);
-		memcpy(rec, &cmd, sizeof(cmd));
-		shm_ring_commit(&t->cmd_producer);
-		shm_ring_publish(&t->cmd_producer);
 	}
 	for (uint32_t k = 0; k < d->nstarted; k++)
 		pthread_join(d->threads[k].tid, NULL);

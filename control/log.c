@@ -62,7 +62,7 @@ static size_t json_escape(char *o, size_t at, size_t cap, const char *s, size_t 
 static size_t fields_to_json(char *o, size_t at, size_t cap, const char *f)
 {
 	while (*f && at + 16 < cap) {
-		const char *eq = strchr(f, '='), *v, *end;
+		const char *eq, *v, *end;
 
 		while (*f == ' ')
 			f++;

@@ -151,23 +151,14 @@ static void peer_free(struct dp_peer *p)
  * Tell every core what it was not told yet about @p: @type DP_CMD_PEER_ADD or _GONE, @told its
  * mask of cores told. A full command ring is tried again next round.
  */
-static void tell_cores(struct ctl_server *s, struct dp_peer *p, uint16_t type, uint64_t *told)
+static void tell_cores(struct ctl_server *s, struct dp_peer *p, enum dp_cmd_type type,
+		       uint64_t *told)
 {
-	for (uint32_t k = 0; k < s->cfg.ncores; k++) {
-		struct dp_cmd cmd = {.peer = p};
-		uint8_t *rec;
-		int err;
+	struct dp_cmd cmd = {.peer = p};
 
-		if (*told & (1ull << k))
-			continue;
-		rec = shm_ring_reserve(s->cfg.cmd[k], type, 0, sizeof(cmd), &err);
-		if (!rec)
-			continue;
-		memcpy(rec, &cmd, sizeof(cmd));
-		shm_ring_commit(s->cfg.cmd[k]);
-		shm_ring_publish(s->cfg.cmd[k]);
-		*told |= 1ull << k;
-	}
+	for (uint32_t k = 0; k < s->cfg.ncores; k++)
+		if (!(*told & (1ull << k)) && dp_cmd_post(s->cfg.cmd[k], type, &cmd))
+			*told |= 1ull << k;
 }
 
 /* Unmap the mailboxes of departed workers that every core has let go of. */
@@ -316,7 +307,6 @@ static int on_register(struct ctl_server *s, struct ctl_conn *c, const void *msg
 		}
 	}
 	if (!rc) {
-		peer->worker = s->next_worker;
 		peer->block_size = reg.spec.block_size;
 		snprintf(peer->endpoint, sizeof(peer->endpoint), "%s", reg.endpoint);
 		reg.spec.cookie = peer;

@@ -21,12 +21,13 @@
 #define PD_DATAPLANE_PEER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "mailbox.h"
 
 struct dp_peer {
-	uint32_t worker;      /* the router's id of the worker */
 	uint32_t block_size;
 	char endpoint[256];   /* the endpoint name it registered, for the admin interface */
 	struct shm_mbox mbox; /* lanes owned by the cores as above; the rest by control */
@@ -65,5 +66,19 @@ struct dp_cmd {
 	struct dp_explain_req *explain;
 	uint64_t seq; /* DP_CMD_EXPLAIN: stored in explain->done when written */
 };
+
+/* Post command @type with @cmd on core command ring @r: false when the ring is full. */
+static inline bool dp_cmd_post(struct shm_ring *r, enum dp_cmd_type type, const struct dp_cmd *cmd)
+{
+	int err;
+	uint8_t *rec = shm_ring_reserve(r, (uint16_t)type, 0, sizeof(*cmd), &err);
+
+	if (!rec)
+		return false;
+	memcpy(rec, cmd, sizeof(*cmd));
+	shm_ring_commit(r);
+	shm_ring_publish(r);
+	return true;
+}
 
 #endif
