@@ -39,7 +39,9 @@ int ctl_admin_open(struct ctl_admin *a, const char *path)
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return -EINVAL;
 	strcpy(addr.sun_path, path);
-	unlink(path); /* a stale socket; a live router's would be replaced: one per path */
+	rc = ctl_unix_clear_stale(&addr, SOCK_STREAM);
+	if (rc)
+		return rc;
 	a->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (a->fd < 0 || bind(a->fd, (struct sockaddr *)&addr, sizeof(addr)) || chmod(path, 0600) ||
 	    listen(a->fd, 16)) {

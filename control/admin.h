@@ -35,7 +35,10 @@ struct ctl_admin_view {
 	struct shm_ring *const *cmd; /* the cores' command rings, producer side */
 };
 
-/* Listen on @path (a stale socket there is replaced). Returns 0 or a negative errno. */
+/*
+ * Listen on @path: a socket left there by a router that died is replaced; a live one gives
+ * -EADDRINUSE, anything else there -EEXIST. Returns 0 or a negative errno.
+ */
 int ctl_admin_open(struct ctl_admin *a, const char *path);
 
 /* Answer every admin client waiting; never blocks for long (a slow client is cut off). */

@@ -52,16 +52,14 @@ static int open_listener(const char *addr, bool reuseport, char *err, size_t err
 			return -EINVAL;
 		}
 		strcpy(un.sun_path, path);
-		/* A socket left by a router that died is replaced; a live router's is not. */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && !connect(fd, (struct sockaddr *)&un, sizeof(un))) {
-			close(fd);
-			snprintf(err, errlen, "%s: a live router listens there", addr);
-			return -EADDRINUSE;
+		fd = ctl_unix_clear_stale(&un, SOCK_STREAM);
+		if (fd) {
+			snprintf(err, errlen, "%s: %s", addr,
+				 fd == -EADDRINUSE ? "a live router listens there"
+				 : fd == -EEXIST  ? "something that is not a socket is there"
+						  : strerror(-fd));
+			return fd;
 		}
-		if (fd >= 0)
-			close(fd);
-		unlink(path);
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0 || bind(fd, (struct sockaddr *)&un, sizeof(un)) || listen(fd, 1024)) {
 			snprintf(err, errlen, "%s: %s", addr, strerror(errno));

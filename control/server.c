@@ -20,11 +20,7 @@
 #define CTL_KV_BUDGET 4096u
 #define CTL_ACCEPT_PAUSE_NS 100000000ull /* 100 ms without accepting after EMFILE */
 
-/*
- * Make way for our socket at @addr: a socket file left by a router that died is removed; a live
- * router's (it accepts a connection) gives -EADDRINUSE, anything else there -EEXIST.
- */
-static int clear_stale(const struct sockaddr_un *addr)
+int ctl_unix_clear_stale(const struct sockaddr_un *addr, int type)
 {
 	struct stat st;
 	int probe, live;
@@ -33,7 +29,8 @@ static int clear_stale(const struct sockaddr_un *addr)
 		return errno == ENOENT ? 0 : -errno;
 	if (!S_ISSOCK(st.st_mode))
 		return -EEXIST;
-	probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	/* Of the socket's own type: a connect across types fails and would look like no one. */
+	probe = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 	if (probe < 0)
 		return -errno;
 	live = connect(probe, (const struct sockaddr *)addr, sizeof(*addr)) == 0;
@@ -78,7 +75,7 @@ int ctl_server_open(struct ctl_server *s, const struct ctl_server_config *cfg, s
 	if (!s->conns || !s->draining || !s->buf || s->cfg.ncores > SHM_MBOX_LANES_MAX)
 		goto out;
 	strcpy(addr.sun_path, cfg->path);
-	rc = clear_stale(&addr);
+	rc = ctl_unix_clear_stale(&addr, SOCK_SEQPACKET);
 	if (rc)
 		goto out;
 	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #include "kv_events.h"
 #include "mailbox.h"
@@ -89,6 +90,16 @@ struct ctl_server {
 	unsigned char *buf; /* one message: PDW_MSG_MAX bytes */
 	struct ctl_server_stats stats;
 };
+
+/**
+ * ctl_unix_clear_stale - make way for a Unix socket of @type (SOCK_STREAM, SOCK_SEQPACKET) at
+ * @addr: a socket file left by a router that died is removed.
+ *
+ * Returns 0, -EADDRINUSE when a live socket accepts there, -EEXIST when something that is not
+ * a socket is there, or the negative errno of lstat(), socket() or unlink().
+ * Context: any thread; the control socket, the client socket and the admin socket use it.
+ */
+int ctl_unix_clear_stale(const struct sockaddr_un *addr, int type);
 
 /**
  * ctl_server_open - listen on cfg->path for workers of @rt, writing KV events into @index.
