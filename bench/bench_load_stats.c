@@ -39,13 +39,6 @@ void load_dist_of(uint64_t *v, size_t n, struct load_dist *d)
 				.max = n ? v[n - 1] : 0};
 }
 
-/* The middle of bucket @b, as dp_hist_quantile() reports it. */
-static uint64_t bucket_mid(uint32_t b)
-{
-	return b + 1 < DP_HIST_BUCKETS ? (dp_hist_value(b) + dp_hist_value(b + 1)) / 2
-				       : dp_hist_value(b);
-}
-
 void load_dist_hist(const uint64_t *h, struct load_dist *d)
 {
 	unsigned __int128 sum = 0;
@@ -53,7 +46,7 @@ void load_dist_hist(const uint64_t *h, struct load_dist *d)
 
 	for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++) {
 		n += h[b];
-		sum += (unsigned __int128)h[b] * bucket_mid(b);
+		sum += (unsigned __int128)h[b] * dp_hist_mid(b);
 	}
 	*d = (struct load_dist){.n = n, .mean = n ? (uint64_t)(sum / n) : 0,
 				.p50 = dp_hist_quantile(h, 0.5),

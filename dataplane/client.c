@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "frame.h"
 #include "pdclient.h"
 
@@ -396,18 +397,10 @@ int pdc_cancel(struct pdc_client *c, uint64_t id)
 	return send_all(c->fd, &iov, 1);
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 /* Milliseconds left until @deadline_ns (rounded up), or -1 when @timeout_ms is -1: forever. */
 static int remaining_ms(int timeout_ms, uint64_t deadline_ns)
 {
-	uint64_t now = now_ns(), ms;
+	uint64_t now = dp_now_ns(), ms;
 
 	if (timeout_ms < 0)
 		return -1;
@@ -485,7 +478,7 @@ static int fill(struct pdc_client *c, size_t want, int timeout_ms, uint64_t dead
 
 int pdc_next(struct pdc_client *c, struct pdc_event *ev, int timeout_ms)
 {
-	uint64_t deadline = timeout_ms > 0 ? now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+	uint64_t deadline = timeout_ms > 0 ? dp_now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
 	size_t have;
 	long n;
 	int rc;

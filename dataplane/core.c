@@ -433,8 +433,3 @@ void dp_core_stats(const struct dp_core *c, struct dp_core_stats *out)
 	for (size_t k = 0; k < sizeof(*out) / sizeof(uint64_t); k++)
 		o[k] = atomic_load_explicit(&c->stats[k], memory_order_relaxed);
 }
-
-struct rt_core *dp_core_router(struct dp_core *c)
-{
-	return &c->rt;
-}

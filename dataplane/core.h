@@ -125,9 +125,6 @@ enum dp_lat {
 /* Copy the latency histograms, DP_HIST_BUCKETS counts each, into @h[DP_LATS]. Any thread. */
 void dp_core_latency(const struct dp_core *c, uint64_t (*h)[DP_HIST_BUCKETS]);
 
-/* The routing core, for its counters and explanations once the core stopped. */
-struct rt_core *dp_core_router(struct dp_core *c);
-
 /* Free the core; after dp_core_run() returned. */
 void dp_core_destroy(struct dp_core *c);
 

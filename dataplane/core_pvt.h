@@ -98,7 +98,6 @@ struct dp_req {
 	uint8_t retries;    /* decode re-routes so far */
 	uint32_t flags;	    /* PDC_* of the request */
 	bool got_token;	    /* the generating worker sent its first token */
-	bool blocked_decode; /* on DP_Q_BLOCKED: the post waiting is the decode stage's */
 	uint32_t conn;
 	uint32_t conn_gen;
 	uint64_t client_id;

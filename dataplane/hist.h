@@ -49,6 +49,13 @@ static inline void dp_hist_add(struct dp_hist *h, uint64_t v)
 	dp_relaxed_add(&h->n[dp_hist_bucket(v)], 1, 0);
 }
 
+/* The middle of bucket @b, the value a count there stands for. */
+static inline uint64_t dp_hist_mid(uint32_t b)
+{
+	return b + 1 < DP_HIST_BUCKETS ? (dp_hist_value(b) + dp_hist_value(b + 1)) / 2
+				       : dp_hist_value(b);
+}
+
 /* The value at quantile @q (0..1) of @n[DP_HIST_BUCKETS] counts: its bucket's middle. */
 static inline uint64_t dp_hist_quantile(const uint64_t *n, double q)
 {
@@ -62,9 +69,7 @@ static inline uint64_t dp_hist_quantile(const uint64_t *n, double q)
 	for (uint32_t b = 0; b < DP_HIST_BUCKETS; b++) {
 		seen += n[b];
 		if (seen > rank)
-			return b + 1 < DP_HIST_BUCKETS
-				       ? (dp_hist_value(b) + dp_hist_value(b + 1)) / 2
-				       : dp_hist_value(b);
+			return dp_hist_mid(b);
 	}
 	return dp_hist_value(DP_HIST_BUCKETS - 1);
 }

@@ -70,6 +70,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "counter.h"
 #include "huge.h"
 
 #define PDX_CHUNK_SHIFT 12
@@ -246,9 +247,7 @@ struct pdx {
 
 static inline void pdx_stat_add(struct pdx *x, size_t i, uint64_t v)
 {
-	/* Single writer: a relaxed load and store are an exact increment. */
-	atomic_store_explicit(&x->stat[i], atomic_load_explicit(&x->stat[i], memory_order_relaxed) + v,
-			      memory_order_relaxed);
+	dp_relaxed_add(&x->stat[i], v, 0); /* single writer: an exact increment */
 }
 
 static inline struct pdx_chunk *pdx_chunk_of(const struct pdx *x, uint32_t idx)

@@ -168,9 +168,8 @@ static int request_begin(struct rt_core *c, const struct rt_request *rq,
 {
 	_Atomic uint64_t *decision = &c->share.decision;
 
-	/* Our own counter (relaxed load): odd from here until finish(). */
-	atomic_store_explicit(decision, atomic_load_explicit(decision, memory_order_relaxed) + 1,
-			      memory_order_relaxed);
+	/* Our own counter: odd from here until finish(). */
+	dp_relaxed_add(decision, 1, 0);
 	/* F5: say we decide before reading any pool; pairs with F6 in note_departure(). */
 	atomic_thread_fence(memory_order_seq_cst);
 	if (rq->model >= atomic_load_explicit(&c->rt->nmodels, memory_order_acquire)) /* A7 */
