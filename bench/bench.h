@@ -10,6 +10,15 @@
 
 #include "clock.h" /* dp_now_ns(): the clock every benchmark times with */
 
+/* splitmix64's finaliser: every input bit moves every output bit (workloads, hash keys). */
+static inline uint64_t bench_mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
 /* Exit statuses of every subcommand. */
 enum { BENCH_OK = 0, BENCH_FAILED = 1, BENCH_USAGE = 2 };
 

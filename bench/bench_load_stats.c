@@ -8,34 +8,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "bench_load.h"
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t l = *(const uint64_t *)a, r = *(const uint64_t *)b;
-
-	return (l > r) - (l < r);
-}
-
-/* Nearest rank: the smallest value with at least @permille / 1000 of @v[0..n) at or below. */
-static uint64_t pct(const uint64_t *v, size_t n, unsigned permille)
-{
-	size_t rank = (n * permille + 999u) / 1000u;
-
-	return n ? v[rank ? rank - 1 : 0] : 0;
-}
 
 void load_dist_of(uint64_t *v, size_t n, struct load_dist *d)
 {
 	unsigned __int128 sum = 0;
 
-	if (n) /* v may be NULL then, which qsort() may not be given */
-		qsort(v, n, sizeof(*v), cmp_u64);
+	bench_sort_u64(v, n);
 	for (size_t i = 0; i < n; i++)
 		sum += v[i];
 	*d = (struct load_dist){.n = n, .mean = n ? (uint64_t)(sum / n) : 0,
-				.p50 = pct(v, n, 500), .p90 = pct(v, n, 900),
-				.p99 = pct(v, n, 990), .p999 = pct(v, n, 999),
+				.p50 = bench_pct(v, n, 500), .p90 = bench_pct(v, n, 900),
+				.p99 = bench_pct(v, n, 990), .p999 = bench_pct(v, n, 999),
 				.max = n ? v[n - 1] : 0};
 }
 

@@ -10,16 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "bench_load.h"
-
-/* splitmix64's finaliser: every input bit moves every output bit. */
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
 
 /* Append @v to the growing id array of @r; -ENOMEM when it cannot grow. */
 static int push_id(struct load_trace_req *r, uint32_t *cap, uint32_t v)
@@ -200,12 +192,12 @@ uint32_t load_dist_max(enum load_dist_kind kind, uint32_t mean)
 /* A stream of token ids no other (domain, id) shares: prefixes are domain 1, tails 2. */
 static uint64_t synth_base(uint64_t seed, uint64_t domain, uint64_t id)
 {
-	return mix64(seed ^ mix64(domain ^ mix64(id)));
+	return bench_mix64(seed ^ bench_mix64(domain ^ bench_mix64(id)));
 }
 
 void load_synth_prompt(const struct load_synth *s, uint64_t n, struct load_prompt *p)
 {
-	uint64_t r0 = mix64(s->seed ^ mix64(n)), r1 = mix64(r0), r2 = mix64(r1);
+	uint64_t r0 = bench_mix64(s->seed ^ bench_mix64(n)), r1 = bench_mix64(r0), r2 = bench_mix64(r1);
 	double prefix;
 
 	*p = (struct load_prompt){.n = n};
@@ -232,8 +224,8 @@ void load_prompt_tokens(const struct load_prompt *p, uint64_t seed, uint32_t *to
 	}
 	base = synth_base(seed, 1, p->group);
 	for (uint32_t t = 0; t < p->prefix; t++)
-		tok[t] = (uint32_t)(mix64(base + t) >> 32);
+		tok[t] = (uint32_t)(bench_mix64(base + t) >> 32);
 	base = synth_base(seed, 2, p->n);
 	for (uint32_t t = p->prefix; t < p->input; t++)
-		tok[t] = (uint32_t)(mix64(base + t) >> 32);
+		tok[t] = (uint32_t)(bench_mix64(base + t) >> 32);
 }

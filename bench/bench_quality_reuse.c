@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "bench.h"
 #include "bench_quality.h"
 
 /* An open-addressing set of non-zero 64-bit keys; it never grows, so it is sized up front. */
@@ -15,15 +16,6 @@ struct key_set {
 	uint64_t *slot;
 	size_t mask;
 };
-
-/* splitmix64's finaliser: spreads a key over the table, and chains prefix ids. */
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
 
 /* Room for @n keys at most half full. Returns 0 or -ENOMEM. */
 static int set_init(struct key_set *s, uint64_t n)
@@ -40,7 +32,7 @@ static int set_init(struct key_set *s, uint64_t n)
 /* Add non-zero @key; true when it was there already. */
 static bool set_add(struct key_set *s, uint64_t key)
 {
-	for (size_t i = mix64(key) & s->mask;; i = (i + 1) & s->mask) {
+	for (size_t i = bench_mix64(key) & s->mask;; i = (i + 1) & s->mask) {
 		if (s->slot[i] == key)
 			return true;
 		if (!s->slot[i]) {
@@ -58,7 +50,7 @@ static void measure(const struct load_trace_req *q, struct key_set *ids, struct 
 	bool whole = true; /* every block so far had its whole prefix seen before */
 
 	for (uint32_t b = 0; b < q->nids; b++) {
-		chain = mix64(chain ^ q->ids[b]) | 1; /* | 1: never the empty key 0 */
+		chain = bench_mix64(chain ^ q->ids[b]) | 1; /* | 1: never the empty key 0 */
 		u->repeated_blocks += set_add(ids, (uint64_t)q->ids[b] + 1);
 		whole = set_add(chains, chain) && whole;
 		held += whole;

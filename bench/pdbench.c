@@ -84,25 +84,6 @@ int bench_parse_seconds(const char *name, const char *s, double *out)
 	return 0;
 }
 
-static int bench_cmp_u64(const void *a, const void *b)
-{
-	uint64_t l = *(const uint64_t *)a, r = *(const uint64_t *)b;
-
-	return (l > r) - (l < r);
-}
-
-void bench_sort_u64(uint64_t *v, size_t n)
-{
-	qsort(v, n, sizeof(*v), bench_cmp_u64);
-}
-
-uint64_t bench_pct(const uint64_t *v, size_t n, unsigned permille)
-{
-	size_t rank = (n * permille + 999u) / 1000u;
-
-	return n ? v[rank ? rank - 1 : 0] : 0;
-}
-
 int main(int argc, char **argv)
 {
 	static char prog[64];

@@ -189,7 +189,6 @@ static void seq_end(struct mk *m, struct mk_seq *s)
 	*s = (struct mk_seq){0};
 }
 
-/* Take a request: check it, copy the prompt out of the mailbox, queue it. */
 /* --corrupt-after: a record of a type no router knows, which must cost this worker its
  * connection and nothing else. */
 static void corrupt(struct mk *m, uint32_t lane)
@@ -229,6 +228,7 @@ static void answer_now(struct mk *m, const struct pdw_request *r)
 	POST(pdw_post_done(&m->w, r->lane, r->req.request_id, 1));
 }
 
+/* Take a request: check it, copy the prompt out of the mailbox, queue it. */
 static void take(struct mk *m, const struct pdw_request *r)
 {
 	struct mk_seq *s = NULL;
