@@ -75,8 +75,11 @@ void t_fuzz_fail(const char *fmt, ...)
 
 #ifndef PD_LIBFUZZER
 
-/* Parse the replay driver's options, leaving the defaults in place of those not given. */
-int t_fuzz_args(int argc, char **argv, unsigned long *inputs, uint64_t *seed)
+/*
+ * Parse -n INPUTS and -s SEED, leaving the defaults in place of those not given; returns the
+ * index of the first FILE, or -1 after the usage.
+ */
+static int t_fuzz_args(int argc, char **argv, unsigned long *inputs, uint64_t *seed)
 {
 	int c;
 
@@ -93,8 +96,11 @@ int t_fuzz_args(int argc, char **argv, unsigned long *inputs, uint64_t *seed)
 	return optind;
 }
 
-/* Read each FILE whole into a block of its size (a read past it is an ASan error), run it. */
-void t_fuzz_replay_files(int argc, char **argv, int first)
+/*
+ * Read each FILE whole into a block of its size (a read past it is an ASan error) and run it
+ * through LLVMFuzzerTestOneInput(); exits 1 if one won't open.
+ */
+static void t_fuzz_replay_files(int argc, char **argv, int first)
 {
 	for (int i = first; i < argc; i++) {
 		FILE *fp = fopen(argv[i], "rb");

@@ -30,12 +30,6 @@ void t_fuzz_set_input(const uint8_t *data, size_t size);
 /* Print "<name>: " and the message, save the input (replay build only), abort. */
 void t_fuzz_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
-/* Parse -n INPUTS and -s SEED; returns the index of the first FILE, or -1 after the usage. */
-int t_fuzz_args(int argc, char **argv, unsigned long *inputs, uint64_t *seed);
-
-/* Run each of argv[first..argc) through LLVMFuzzerTestOneInput(); exits 1 if one won't open. */
-void t_fuzz_replay_files(int argc, char **argv, int first);
-
 /* The replay driver's start: parse the arguments, run the FILEs given and then leave *@inputs
  * 0 (a replay generates nothing). Returns how many FILEs ran, or -1 after the usage. */
 int t_fuzz_begin(int argc, char **argv, unsigned long *inputs, uint64_t *seed);
